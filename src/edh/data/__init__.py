@@ -1,0 +1,1 @@
+"""Datasets. Importing this package registers the built-in ones."""

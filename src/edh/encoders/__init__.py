@@ -1,0 +1,6 @@
+"""Encoders. Importing this package registers every one of them."""
+
+from edh.encoders import conv, resnet, timm  # noqa: F401
+from edh.encoders.base import Encoder
+
+__all__ = ["Encoder"]

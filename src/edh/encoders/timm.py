@@ -1,0 +1,66 @@
+"""``timm:<model>``: any timm model that can return features (``features_only``)."""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+
+from edh.encoders.base import Encoder
+from edh.features import FeatureSpec
+from edh.registry import UnknownComponentError, register_encoder
+
+
+@register_encoder("timm")
+class TimmEncoder(Encoder):
+    """Wraps ``timm.create_model(model_name, features_only=True)``; the spec comes from its ``feature_info``.
+
+    Args:
+        model_name: a timm model name (``convnext_tiny``, ``efficientnet_b0``, ``regnety_016``...).
+        in_channels: image channels (timm adapts the stem, and pretrained stem weights).
+        out_indices: which feature levels to return (timm's default: all).
+        weights: a local weight file for that model (``.safetensors`` / ``.pth``), loaded by timm
+            (classifier dropped, stem adapted to ``in_channels``).
+        options: more keyword arguments for ``timm.create_model`` (``drop_path_rate``...).
+
+    Shapes: ``(B, in_channels, H, W)`` -> ``[(B, C_i, H / s_i, W / s_i)]`` per timm's ``feature_info``.
+    """
+
+    def __init__(self, model_name: str, in_channels: int = 3, out_indices: list[int] | None = None,
+                 weights: str | None = None, options: dict | None = None) -> None:
+        super().__init__()
+        import timm
+
+        if model_name not in timm.list_models():
+            everything = timm.list_models()
+            close = difflib.get_close_matches(model_name, everything, n=5, cutoff=0.6)
+            hint = f"did you mean {', '.join('timm:' + c for c in close)}? " if close else ""
+            raise UnknownComponentError(
+                f"unknown timm model {model_name!r} (encoder name 'timm:{model_name}'). {hint}"
+                "`python -c \"import timm; print(timm.list_models('*convnext*'))\"` lists timm's models."
+            )
+        kwargs = dict(options or {})
+        if out_indices is not None:
+            kwargs["out_indices"] = tuple(out_indices)
+        if weights:
+            kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
+        try:
+            self.model = timm.create_model(model_name, features_only=True, in_chans=in_channels, **kwargs)
+        except (RuntimeError, AttributeError, TypeError, AssertionError) as error:
+            raise ValueError(
+                f"timm model {model_name!r} cannot be an edh encoder: timm cannot build it with "
+                f"features_only=True ({error}). Pick a model with a feature pyramid (convnext_*, resnet*, "
+                "efficientnet_*, regnet*...)."
+            ) from None
+        self.in_channels = in_channels
+        self.model_name = model_name
+        info = self.model.feature_info
+        self.out_spec = FeatureSpec("pyramid", tuple(info.channels()), tuple(info.reduction()),
+                                    tuple(info.module_name()))
+        cfg = getattr(self.model, "pretrained_cfg", {}) or {}
+        fixed = cfg.get("fixed_input_size") and cfg.get("input_size")
+        self.fixed_input_size = tuple(cfg["input_size"][1:]) if fixed else None
+        self.default_input_size = self.fixed_input_size or (224, 224)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.model(x))  # [(B, C_i, H / s_i, W / s_i)]

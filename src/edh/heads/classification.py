@@ -1,0 +1,101 @@
+"""Image (or sequence) classification: pool -> dropout -> linear."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edh.features import FeatureSpec, Sequence
+from edh.heads.base import Head
+from edh.registry import register_head
+
+IGNORE = -1  # a sample without this head's label (partial labels) carries -1
+
+
+@register_head("classification")
+class ClassificationHead(Head):
+    """Global pooling + dropout + linear.
+
+    Reads the deepest pyramid level (or a `Sequence`, mean-pooled over non-padding tokens, or a
+    vector). Labels of ``-1`` mark samples without a label for this head; they are left out of the
+    loss and metrics.
+
+    Args:
+        num_classes: number of classes.
+        class_names: a name per class (shown by predict and eval; used to map rows when classes change).
+        pool: ``avg``, ``max`` or ``avgmax`` (mean of both).
+        dropout: dropout before the linear layer.
+        label_smoothing: cross-entropy label smoothing.
+        top_k: how many classes ``predict`` returns and the top-k metric counts.
+
+    Shapes: features -> logits ``(B, num_classes)``.
+    """
+
+    accepts = ("pyramid", "sequence", "vector")
+    task = "classification"
+
+    def __init__(self, in_spec: FeatureSpec, num_classes: int, class_names: list[str] | None = None,
+                 pool: str = "avg", dropout: float = 0.0, label_smoothing: float = 0.0, top_k: int = 5) -> None:
+        super().__init__(in_spec)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
+        if pool not in ("avg", "max", "avgmax"):
+            raise ValueError(f"pool must be avg, max or avgmax, got {pool!r}")
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.pool = pool
+        self.label_smoothing = label_smoothing
+        self.top_k = min(top_k, num_classes)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_spec.width, num_classes)
+
+    def _pooled(self, features: Any) -> torch.Tensor:
+        if isinstance(features, Sequence):
+            x, mask = features
+            if mask is None:
+                return x.mean(dim=1)
+            keep = (~mask).unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+            return (x * keep).sum(1) / keep.sum(1).clamp_min(1)
+        if isinstance(features, (list, tuple)):
+            features = features[-1]
+        if features.ndim == 2:
+            return features
+        if self.pool == "avg":
+            return features.mean(dim=(2, 3))  # (B, C)
+        peak = features.amax(dim=(2, 3))
+        return peak if self.pool == "max" else 0.5 * (peak + features.mean(dim=(2, 3)))
+
+    def forward(self, features: Any, **context: Any) -> torch.Tensor:
+        return self.fc(self.dropout(self._pooled(features)))  # (B, num_classes)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        targets = targets.long()
+        if (targets == IGNORE).all():
+            return {"ce": outputs.sum() * 0.0}
+        return {"ce": F.cross_entropy(outputs.float(), targets, ignore_index=IGNORE,
+                                      label_smoothing=self.label_smoothing)}
+
+    def predict(self, outputs: torch.Tensor, top_k: int | None = None, **meta: Any) -> dict[str, Any]:
+        """Probabilities ``(B, num_classes)`` and the top-k ``indices``, ``scores`` and ``labels``."""
+        probs = outputs.float().softmax(dim=-1)
+        scores, indices = probs.topk(min(top_k or self.top_k, self.num_classes), dim=-1)
+        labels = [[self.class_names[i] for i in row] for row in indices.tolist()]
+        return {"probs": probs, "indices": indices, "scores": scores, "labels": labels}
+
+    def make_metrics(self):
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MulticlassAccuracy
+
+        metrics = {"acc": MulticlassAccuracy(self.num_classes, average="micro", ignore_index=IGNORE)}
+        if self.top_k > 1:
+            metrics[f"top{self.top_k}"] = MulticlassAccuracy(self.num_classes, top_k=self.top_k, average="micro",
+                                                             ignore_index=IGNORE)
+        return MetricCollection(metrics)
+
+    def update_metrics(self, metrics, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        metrics.update(outputs.float(), targets.long())

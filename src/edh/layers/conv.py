@@ -1,0 +1,23 @@
+"""Convolution blocks shared by encoders, decoders and heads."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv2d -> BatchNorm2d -> ReLU (``norm=False`` gives conv with bias -> ReLU).
+
+    Shapes: ``(B, in_channels, H, W)`` -> ``(B, out_channels, H / stride, W / stride)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 norm: bool = True, act: bool = True) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=not norm)
+        ]
+        if norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        if act:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)

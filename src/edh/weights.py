@@ -1,0 +1,81 @@
+"""Loading weights into roles: key prefixes, first-layer adaptation, and every key accounted for."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edh.io import WeightsFileError, load_tensors
+
+log = logging.getLogger("edh")
+
+_PREFIXES = ("module.", "model.", "encoder.", "backbone.body.", "backbone.")
+_CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.", "heads.")
+
+
+def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Adapt a pretrained ``(O, 3, k, k)`` kernel to ``in_channels`` inputs (as timm does).
+
+    1 channel: the RGB kernels are summed. More than 3: the RGB kernels are repeated cyclically
+    and scaled by ``3 / in_channels`` so the response to a uniform input keeps its size.
+    """
+    source = weight.shape[1]
+    if in_channels == source:
+        return weight
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_channels // source)
+    return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (source / in_channels)
+
+
+def _strip(state: dict[str, torch.Tensor], own: set[str]) -> dict[str, torch.Tensor]:
+    if any(k in own for k in state):
+        return state
+    for prefix in _PREFIXES:
+        if any(k.startswith(prefix) for k in state):
+            stripped = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+            if any(k in own for k in stripped):
+                return stripped
+    return state
+
+
+def load_encoder_weights(module: nn.Module, path: str | Path) -> None:
+    """Load a local weight file into an encoder.
+
+    Classifier keys of a full-model file (``fc.*``, ``head.*``...) are skipped and logged by name.
+    A missing key, any other unexpected key, or a shape mismatch raises `WeightsFileError` naming the
+    file and the tensors. A first convolution trained on 3 channels is adapted to ``in_channels``.
+    """
+    state = load_tensors(path)
+    own = module.state_dict()
+    state = _strip(state, set(own))
+    skipped = sorted(k for k in state if k not in own and k.startswith(_CLASSIFIER_PREFIXES))
+    state = {k: v for k, v in state.items() if k not in skipped}
+    for key, value in list(state.items()):
+        target = own.get(key)
+        if target is not None and value.ndim == 4 and value.shape[1] != target.shape[1] \
+                and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
+            state[key] = adapt_first_conv(value, target.shape[1])
+            log.info("adapted %s of %s from %d to %d input channels", key, path, value.shape[1], target.shape[1])
+    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and v.shape != own[k].shape]
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    problems = []
+    if mismatched:
+        problems.append("shape mismatches: " + "; ".join(mismatched))
+    if missing:
+        problems.append(f"missing from the file ({len(missing)}): " + ", ".join(missing[:20]))
+    if unexpected:
+        problems.append(f"not in the model ({len(unexpected)}): " + ", ".join(unexpected[:20]))
+    if problems:
+        raise WeightsFileError(
+            f"weights in {path} do not fit {type(module).__name__}: " + " | ".join(problems)
+            + ". Check that the file is for this architecture (and its in_channels)."
+        )
+    module.load_state_dict(state, strict=True)
+    if skipped:
+        log.warning("loaded %s; skipped classifier keys not used by an encoder: %s", path, ", ".join(skipped))
