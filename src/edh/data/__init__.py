@@ -1,1 +1,6 @@
 """Datasets. Importing this package registers the built-in ones."""
+
+from edh.data import images  # noqa: F401
+from edh.data.base import DataBundle, DataFilesMissingError, DataInfo, build_data
+
+__all__ = ["DataBundle", "DataFilesMissingError", "DataInfo", "build_data"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,8 +20,10 @@ class Head(nn.Module):
       ``input_size`` (the ``(H, W)`` of the model input) and, when training, ``targets``.
     - ``loss(outputs, targets) -> dict[str, Tensor]``: named loss terms for this head's targets.
     - ``predict(outputs, **meta)``: post-processed predictions (probabilities, masks, boxes, tokens).
-    - ``make_metrics()`` / ``update_metrics(metrics, outputs, targets)``: a torchmetrics object
-      and how to feed it, used for validation and ``edh eval``.
+    - ``make_metrics(stage)`` / ``update_metrics(metrics, outputs, targets)``: a torchmetrics object
+      and how to feed it, used for validation and ``edh eval``; ``summarize`` turns its values into
+      a report.
+    - ``format_prediction`` / ``write_predictions``: what ``edh predict`` prints and draws.
 
     Attributes:
         accepts: the `FeatureSpec` kinds this head can be built on.
@@ -43,8 +46,21 @@ class Head(nn.Module):
     def predict(self, outputs: Any, **meta: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def make_metrics(self) -> Any:
+    def make_metrics(self, stage: str = "val") -> Any:
+        """Metrics for ``stage`` (``val`` during training; ``test`` may add per-class detail)."""
         return None
 
     def update_metrics(self, metrics: Any, outputs: Any, targets: Any) -> None:
         pass
+
+    def summarize(self, values: dict[str, torch.Tensor], out_dir: Path | None = None) -> tuple[dict[str, float], list[str]]:
+        """Computed metric values -> (scalars to print, extra report lines); may write plots to ``out_dir``."""
+        return {k: float(v) for k, v in values.items() if v.numel() == 1}, []
+
+    def format_prediction(self, prediction: Any, index: int) -> str:
+        """One line describing sample ``index`` of ``predict``'s result (for ``edh predict``)."""
+        return ""
+
+    def write_predictions(self, prediction: Any, images: torch.Tensor, paths: list[Path], out_dir: Path) -> list[Path]:
+        """Write pictures of the predictions (overlays, boxes) to ``out_dir``; return the files written."""
+        return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ class ClassificationHead(Head):
 
     accepts = ("pyramid", "sequence", "vector")
     task = "classification"
+    reads_level = -1  # the deepest pyramid level
 
     def __init__(self, in_spec: FeatureSpec, num_classes: int, class_names: list[str] | None = None,
                  pool: str = "avg", dropout: float = 0.0, label_smoothing: float = 0.0, top_k: int = 5) -> None:
@@ -87,15 +89,39 @@ class ClassificationHead(Head):
         labels = [[self.class_names[i] for i in row] for row in indices.tolist()]
         return {"probs": probs, "indices": indices, "scores": scores, "labels": labels}
 
-    def make_metrics(self):
+    def make_metrics(self, stage: str = "val"):
         from torchmetrics import MetricCollection
-        from torchmetrics.classification import MulticlassAccuracy
+        from torchmetrics.classification import (MulticlassAccuracy, MulticlassConfusionMatrix,
+                                                 MulticlassPrecision, MulticlassRecall)
 
-        metrics = {"acc": MulticlassAccuracy(self.num_classes, average="micro", ignore_index=IGNORE)}
+        n = self.num_classes
+        metrics = {"acc": MulticlassAccuracy(n, average="micro", ignore_index=IGNORE)}
         if self.top_k > 1:
-            metrics[f"top{self.top_k}"] = MulticlassAccuracy(self.num_classes, top_k=self.top_k, average="micro",
-                                                             ignore_index=IGNORE)
+            metrics[f"top{self.top_k}"] = MulticlassAccuracy(n, top_k=self.top_k, average="micro", ignore_index=IGNORE)
+        if stage == "test":
+            metrics["precision"] = MulticlassPrecision(n, average=None, ignore_index=IGNORE)
+            metrics["recall"] = MulticlassRecall(n, average=None, ignore_index=IGNORE)
+            metrics["confusion"] = MulticlassConfusionMatrix(n, ignore_index=IGNORE)
         return MetricCollection(metrics)
 
     def update_metrics(self, metrics, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         metrics.update(outputs.float(), targets.long())
+
+    def summarize(self, values: dict[str, torch.Tensor], out_dir: Path | None = None) -> tuple[dict[str, float], list[str]]:
+        scalars = {k: float(v) for k, v in values.items() if v.numel() == 1}
+        lines = []
+        if "precision" in values:
+            width = max(len(n) for n in self.class_names)
+            lines.append(f"{'class':<{width}}  precision  recall")
+            for name, p, r in zip(self.class_names, values["precision"].tolist(), values["recall"].tolist()):
+                lines.append(f"{name:<{width}}  {p:9.3f}  {r:6.3f}")
+        if "confusion" in values and out_dir is not None:
+            from edh.plots import confusion_matrix_png
+
+            path = confusion_matrix_png(values["confusion"], self.class_names, Path(out_dir) / "confusion_matrix.png")
+            lines.append(f"confusion matrix: {path}")
+        return scalars, lines
+
+    def format_prediction(self, prediction: dict[str, Any], index: int) -> str:
+        pairs = zip(prediction["labels"][index], prediction["scores"][index].tolist())
+        return ", ".join(f"{label} {score:.3f}" for label, score in pairs)

@@ -1,0 +1,38 @@
+"""What is registered, what each component accepts, and what fits what (``edh list``)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from edh import registry
+from edh.builder import accepted_options
+
+
+def _first_doc_line(builder: Any) -> str:
+    doc = inspect.getdoc(builder) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+def list_components(role: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """``{role: [{name, summary, options, produces, accepts, fits}]}`` for encoders, decoders, heads, datasets."""
+    roles = [role] if role else ["encoder", "decoder", "head", "dataset"]
+    encoders = {n: getattr(registry.lookup("encoder", n), "produces", "pyramid") for n in registry.names("encoder")}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for current in roles:
+        rows = []
+        for name in registry.names(current):
+            builder = registry.lookup(current, name)
+            row: dict[str, Any] = {"name": "timm:<model>" if name == "timm" else name,
+                                   "summary": _first_doc_line(builder), "options": accepted_options(builder)}
+            if current == "encoder":
+                row["produces"] = encoders[name]
+            elif current in ("decoder", "head"):
+                accepts = tuple(getattr(builder, "accepts", ("pyramid",)))
+                row["accepts"] = list(accepts)
+                if current == "decoder":
+                    row["produces"] = getattr(builder, "produces", "pyramid")
+                row["fits"] = [("timm:<model>" if e == "timm" else e) for e, kind in encoders.items() if kind in accepts]
+            rows.append(row)
+        out[current + "s"] = rows
+    return out

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+NAME = "demo"
+HELP = "train and evaluate the built-in example models on built-in data, printing each role table and result"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", default="runs/demo", help="where the demo run folders go (default runs/demo)")
+    parser.add_argument("--only", nargs="*", help="run only these demos")
+    parser.add_argument("--quick", action="store_true", help="a few steps each (a smoke test, not a result)")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from edh.demo import DEMOS, run_demo
+
+    chosen = [d for d in DEMOS if not args.only or d.name in args.only]
+    unknown = set(args.only or []) - {d.name for d in DEMOS}
+    if unknown:
+        raise ValueError(f"unknown demo {', '.join(sorted(unknown))}; demos: {', '.join(d.name for d in DEMOS)}")
+    results = []
+    for demo in chosen:
+        print(f"\n=== {demo.title} ===", flush=True)
+        result = run_demo(demo, Path(args.out), quick=args.quick)
+        print(result.table)
+        for head, values in result.metrics.items():
+            print(f"test [{head}] " + "  ".join(f"{k}={v:.4f}" for k, v in values.items()))
+        results.append(result)
+    print("\n=== summary ===")
+    for result in results:
+        metrics = "; ".join(f"{h}: " + ", ".join(f"{k}={v:.3f}" for k, v in list(m.items())[:3])
+                            for h, m in result.metrics.items())
+        print(f"{result.demo.name:<12} {result.seconds:6.1f}s  {metrics}  ({result.run_dir})")
+    return 0

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+NAME = "describe"
+HELP = "print the role table of a model: each role's component, input and output shapes, params, MACs"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("target", metavar="SPEC_OR_RUN", help="a model or run spec (YAML) or a run folder")
+    parser.add_argument("--input-size", help="H[xW] for images, or sequence length for tokens")
+    parser.add_argument("--json", action="store_true", help="print the table as JSON")
+
+
+def parse_size(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        parts = tuple(int(p) for p in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise ValueError(f"--input-size must look like 224 or 224x160, got {text!r}") from None
+    return parts * 2 if len(parts) == 1 else parts
+
+
+def load_model_for(target: str):
+    """A model (and its data info, if known) from a run folder, a run spec or a model spec."""
+    from pathlib import Path
+
+    from edh.model import Model
+    from edh.run import read_run_spec
+    from edh.spec import RunSpec, load_spec
+
+    path = Path(target)
+    if path.is_dir():
+        spec, info = read_run_spec(path)
+        return Model(spec.model, pretrained=False), info
+    spec = load_spec(path)
+    if isinstance(spec, RunSpec):
+        from edh.data.base import build_data
+        from edh.train.runner import resolve_spec
+
+        info = build_data(spec.data.name, spec.data.options(), spec.data.seed).info
+        return Model(resolve_spec(spec, info).model, pretrained=False), info
+    return Model(spec, pretrained=False), None
+
+
+def run(args) -> int:
+    import json
+
+    model, info = load_model_for(args.target)
+    size = parse_size(args.input_size)
+    if size is None and info is not None and info.image_size:
+        size = tuple(info.image_size)
+    if size is not None and model.encoder.input_kind == "tokens":
+        size = size[:1]
+    description = model.describe(size)
+    if args.json:
+        print(json.dumps(description.to_dict(), indent=2))
+    else:
+        from rich.console import Console
+
+        Console().print(description.table(str(args.target)))
+    return 0

@@ -1,0 +1,44 @@
+"""Pictures edh writes: confusion matrices (and, per family, overlays and boxes)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+
+from edh.io import atomic_write
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure as PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def confusion_matrix_png(matrix: torch.Tensor, class_names: list[str], path: Path) -> Path:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted), counts in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = matrix.cpu().float()
+    rates = counts / counts.sum(1, keepdim=True).clamp_min(1)
+    n = len(class_names)
+    fig, axis = plt.subplots(figsize=(1.0 + 0.55 * n, 1.0 + 0.5 * n))
+    axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    axis.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=8)
+    axis.set_yticks(range(n), class_names, fontsize=8)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                axis.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
+                          color="white" if rates[i, j] > 0.5 else "black")
+    return save_figure(fig, path)
