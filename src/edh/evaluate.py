@@ -25,7 +25,7 @@ def evaluate_run(run: Run, split: str = "test", out_dir: str | Path | None = Non
     from torch.utils.data import DataLoader
 
     from edh.data.base import build_data
-    from edh.train.task import unpack_batch
+    from edh.train.batch import unpack_batch
 
     spec = run.spec
     bundle = build_data(spec.data.name, spec.data.options(), spec.data.seed)
@@ -42,6 +42,8 @@ def evaluate_run(run: Run, split: str = "test", out_dir: str | Path | None = Non
     with torch.inference_mode():
         for batch in _progress(loader, f"evaluating {split}", progress):
             inputs, targets, context = unpack_batch(batch)
+            if reconstruction is not None:  # a model without heads reconstructs its inputs
+                targets = {"inputs": inputs, **targets}
             outputs = model(inputs, **context)
             count += len(inputs) if hasattr(inputs, "__len__") else 1
             for name, head in model.heads.items():

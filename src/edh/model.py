@@ -28,6 +28,17 @@ def _parse_source(source: str) -> tuple[str, int | None]:
     return role, (int(level) if level else None)
 
 
+def _bind(module: nn.Module, source: nn.Module) -> None:
+    """Let a role reference (never own) parameters of the role it reads from, e.g. tied embeddings.
+
+    A role that defines ``bind(source)`` gets it called once its source is built; the parameters
+    stay owned by the source, so the state dict, parameter groups and counts hold them once.
+    """
+    bind = getattr(module, "bind", None)
+    if callable(bind):
+        bind(source)
+
+
 class Model(nn.Module):
     """Encoder -> [Decoder] -> Heads.
 
@@ -53,6 +64,7 @@ class Model(nn.Module):
             self._check_kind("decoder", spec.decoder.name, self._decoder_accepts(spec.decoder.name), "encoder",
                              spec.encoder.name, enc_spec)
             self.decoder = build_component("decoder", spec.decoder.name, spec.decoder.options(), "decoder", enc_spec)
+            _bind(self.decoder, self.encoder)
         self.heads = nn.ModuleDict()
         self.head_specs: dict[str, HeadSpec] = {}
         self._frozen: set[str] = set()
@@ -117,7 +129,9 @@ class Model(nn.Module):
         component = (self.spec.decoder if role == "decoder" else self.spec.encoder).name
         self._check_kind(f"head {name!r} of type", head_spec.type, getattr(builder, "accepts", ()), role,
                          component, in_spec)
-        self.heads[name] = build_component("head", head_spec.type, head_spec.options(), where, in_spec)
+        head = build_component("head", head_spec.type, head_spec.options(), where, in_spec)
+        _bind(head, self.decoder if role == "decoder" else self.encoder)
+        self.heads[name] = head
         self.head_specs[name] = head_spec
 
     def forward(self, inputs: Any, **context: Any) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(description.to_dict(), indent=2))
     else:
-        from rich.console import Console
+        from edh.commands import console
 
-        Console().print(description.table(str(args.target)))
+        console().print(description.table(str(args.target)))
     return 0

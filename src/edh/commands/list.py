@@ -18,10 +18,11 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(catalog, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from edh.commands import console as make_console
+
+    console = make_console()
     for role, rows in catalog.items():
         table = Table(title=role, show_lines=False)
         extra = [c for c in ("produces", "accepts", "fits") if rows and c in rows[0]]

@@ -48,7 +48,7 @@ def digits(image_size: int | None = 32, val_fraction: float = 0.1, test_fraction
     raw = load_digits()
     images = torch.from_numpy(raw.images / 16.0).float().unsqueeze(1)  # (N, 1, 8, 8) in [0, 1]
     labels = torch.from_numpy(raw.target)
-    size = (image_size, image_size) if image_size else None
+    size = (image_size, image_size) if image_size else (8, 8)
     info = DataInfo("image", 1, size, (0.3,), (0.4,), [str(i) for i in range(10)], {"label": "classification"},
                     {"dataset": "digits", "pixel_range": "0..1, white digit on black"})
     train_idx, val_idx, test_idx = split_indices(len(images), val_fraction, test_fraction, seed)

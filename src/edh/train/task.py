@@ -11,13 +11,7 @@ from torch import nn
 
 from edh.model import Model
 from edh.spec import TrainSpec
-
-
-def unpack_batch(batch: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """``(inputs, targets)`` or ``(inputs, targets, context)``; context goes to ``Model.forward``."""
-    if len(batch) == 3:
-        return batch[0], batch[1], batch[2]
-    return batch[0], batch[1], {}
+from edh.train.batch import unpack_batch
 
 
 def combine_losses(model: Model, outputs: dict[str, Any], targets: dict[str, Any],
@@ -96,6 +90,8 @@ class EdhTask(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         inputs, targets, context = unpack_batch(batch)
+        if self.reconstruction is not None:  # a model without heads reconstructs its inputs
+            targets = {"inputs": inputs, **targets}
         outputs = self.model(self._prepare(inputs), targets=targets, **context)
         loss, terms = combine_losses(self.model, outputs, targets, self.reconstruction)
         if not torch.isfinite(loss):
@@ -112,6 +108,8 @@ class EdhTask(L.LightningModule):
 
     def _eval_step(self, batch: Any, stage: str, store: nn.ModuleDict) -> None:
         inputs, targets, context = unpack_batch(batch)
+        if self.reconstruction is not None:
+            targets = {"inputs": inputs, **targets}
         outputs = self.model(self._prepare(inputs), **context)
         loss, _ = combine_losses(self.model, outputs, targets, self.reconstruction)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=_batch_size(inputs), sync_dist=True)

@@ -1,0 +1,32 @@
+"""Shared fixtures: fixed seeds, tiny models, a tiny run spec."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY_CLASSIFIER = {
+    "encoder": {"name": "test_resnet", "in_channels": 1},
+    "heads": {"label": {"type": "classification", "num_classes": 10}},
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def tiny_run_spec(**train) -> dict:
+    """A run spec that trains in seconds: the conv encoder on 8x8 digits."""
+    return {
+        "model": {"encoder": {"name": "conv", "channels": [8, 16]},
+                  "heads": {"label": {"type": "classification"}}},
+        "data": {"name": "digits", "image_size": None, "batch_size": 64, "augment": "none"},
+        "train": {"epochs": 2, "lr": 0.01, "seed": 0, **train},
+        "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False},
+    }

@@ -1,0 +1,146 @@
+"""The edh command line end to end: train a tiny model, evaluate, predict, describe, list, and
+resume a run killed in the middle of training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import tiny_run_spec
+
+EDH = [sys.executable, "-m", "edh.cli"]
+
+
+def edh(*args, check=True, cwd=None):
+    result = subprocess.run([*EDH, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"edh {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def _spec_file(tmp_path, **train):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_run_spec(**train)))
+    return path
+
+
+def _digit_png(tmp_path) -> Path:
+    from sklearn.datasets import load_digits
+
+    image = (load_digits().images[0] / 16 * 255).astype(np.uint8)
+    path = tmp_path / "zero.png"
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("cli")
+    spec = _spec_file(tmp_path, epochs=3)
+    run_dir = tmp_path / "run"
+    edh("train", spec, "--out", run_dir)
+    return tmp_path, run_dir
+
+
+def test_train_writes_a_complete_run_folder(trained_run):
+    _, run_dir = trained_run
+    for name in ("model.safetensors", "spec.yaml", "data.json", "metrics.csv", "curves.png", "last.ckpt"):
+        assert (run_dir / name).is_file(), name
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 4 and "val/label/acc" in rows[0]
+    spec = yaml.safe_load((run_dir / "spec.yaml").read_text())
+    assert spec["model"]["heads"]["label"]["num_classes"] == 10  # resolved from the data
+    assert spec["model"]["encoder"]["in_channels"] == 1
+
+
+def test_train_refuses_to_overwrite(trained_run):
+    tmp_path, run_dir = trained_run
+    result = edh("train", tmp_path / "tiny.yaml", "--out", run_dir, check=False)
+    assert result.returncode == 1 and "already holds a run" in result.stderr and "--resume" in result.stderr
+
+
+def test_eval_prints_metrics_and_writes_confusion_matrix(trained_run):
+    _, run_dir = trained_run
+    out = edh("eval", run_dir, "--json").stdout
+    metrics = json.loads(out)["metrics"]["label"]
+    assert metrics["acc"] > 0.5 and "top5" in metrics
+    text = edh("eval", run_dir).stdout
+    assert "precision" in text and "recall" in text
+    assert (run_dir / "confusion_matrix.png").is_file()
+
+
+def test_predict_prints_top_k(trained_run):
+    tmp_path, run_dir = trained_run
+    png = _digit_png(tmp_path)
+    out = edh("predict", run_dir, png, "--top-k", "3").stdout
+    line = out.strip().splitlines()[0]
+    assert line.startswith(str(png)) and "label:" in line and len(line.split("label:")[1].split(",")) == 3
+
+
+def test_predict_unreadable_image_names_the_file(trained_run):
+    tmp_path, run_dir = trained_run
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    result = edh("predict", run_dir, bad, check=False)
+    assert result.returncode == 1 and "bad.png" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_describe_run_and_spec(trained_run, tmp_path):
+    _, run_dir = trained_run
+    data = json.loads(edh("describe", run_dir, "--json").stdout)
+    assert [r["role"] for r in data["rows"]] == ["Encoder", "Head:label"] and data["input_size"] == [8, 8]
+    spec = tmp_path / "model.yaml"
+    spec.write_text("encoder: {name: resnet18}\nheads: {label: {type: classification, num_classes: 10}}\n")
+    text = edh("describe", spec, "--input-size", "64").stdout
+    assert "Encoder" in text and "Head:label" in text and "11.18M" in text
+
+
+def test_list_shows_what_fits(tmp_path):
+    data = json.loads(edh("list", "--json").stdout)
+    assert {"resnet50", "conv", "timm:<model>"} <= {r["name"] for r in data["encoders"]}
+    head = next(r for r in data["heads"] if r["name"] == "classification")
+    assert "resnet18" in head["fits"] and "num_classes" in head["options"]
+
+
+def test_run_folder_with_missing_files(tmp_path):
+    (tmp_path / "spec.yaml").write_text("x: 1")
+    result = edh("eval", tmp_path, check=False)
+    assert result.returncode == 1 and "missing data.json, model.safetensors" in result.stderr
+
+
+def test_light_commands_do_not_import_lightning(trained_run):
+    _, run_dir = trained_run
+    for args in (["--help"], ["list"], ["describe", str(run_dir)], ["predict", str(run_dir), "--help"]):
+        code = ("import sys\nfrom edh.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+                "print('LIGHTNING' if 'lightning' in sys.modules else 'CLEAN')" % args)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+        assert out.strip().endswith("CLEAN"), args
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_finishes(tmp_path):
+    spec = _spec_file(tmp_path, epochs=6, checkpoint_every_n_steps=5)
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([*EDH, "train", str(spec), "--out", str(run_dir)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run_dir / "metrics.csv").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert len(rows) - 1 < 6, "the run finished before it was killed"
+    edh("train", "--resume", run_dir)
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(6))
+    assert "acc" in edh("eval", run_dir).stdout
