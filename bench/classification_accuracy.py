@@ -1,0 +1,52 @@
+"""Accuracy reached and wall time taken by the classification configs, as `edh train` runs them.
+
+    python bench/classification_accuracy.py [--only digits fashion] [--out runs/bench]
+
+Targets (issue 2): digits >= 0.97 test accuracy in <= 2 minutes; Fashion-MNIST >= 0.90 in <= 10 minutes.
+Prints a table and writes bench/results/classification_accuracy.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from edh.demo import config_path
+from edh.evaluate import evaluate_run
+from edh.spec import load_spec
+from edh.train.runner import train_run
+
+CASES = {
+    "digits": ("digits-resnet18.yaml", 0.97, 120),
+    "fashion": ("fashion-mnist-conv.yaml", 0.90, 600),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=sorted(CASES), default=sorted(CASES))
+    parser.add_argument("--out", default="runs/bench")
+    args = parser.parse_args()
+    rows = []
+    for name in args.only:
+        config, target, budget = CASES[name]
+        start = time.perf_counter()
+        run = train_run(load_spec(config_path(config)), Path(args.out) / name, enable_progress_bar=False)
+        seconds = time.perf_counter() - start
+        accuracy = evaluate_run(run, "test", progress=False).metrics["label"]["acc"]
+        rows.append({"case": name, "config": f"configs/{config}", "test_acc": round(accuracy, 4),
+                     "seconds": round(seconds, 1), "target_acc": target, "budget_s": budget,
+                     "met": accuracy >= target and seconds <= budget})
+    print(f"{'case':<8} {'config':<32} {'test acc':>8} {'target':>7} {'time s':>7} {'budget':>7}  met")
+    for r in rows:
+        print(f"{r['case']:<8} {r['config']:<32} {r['test_acc']:>8.4f} {r['target_acc']:>7.2f} {r['seconds']:>7.1f} "
+              f"{r['budget_s']:>7}  {'yes' if r['met'] else 'NO'}")
+    out = Path("bench/results/classification_accuracy.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
