@@ -1,8 +1,10 @@
 """Timing helpers shared by the family benchmarks (classification, segmentation, detection, translation).
 
-The machine is noisy, so contenders are never timed one after another: every repeat runs each
-contender once, round-robin (the starting contender rotates), and a contender's score is the median
-over repeats. A benchmark builds `Contender`s, calls `measure`, then `print_table` / `write_json`.
+The machine is shared and noisy, so contenders are never timed one after another: every round runs
+each contender once, round-robin (the starting contender rotates); samples taken while other
+processes were busy (from /proc/stat) are marked noisy and more rounds are run; a contender's score
+is the median of its quiet samples. A benchmark builds `Contender`s, calls `measure`, then
+`summarize`, `print_table` and `write_json`.
 """
 
 from __future__ import annotations
@@ -46,41 +48,109 @@ def seed_everything(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-def measure(contenders: list[Contender], repeats: int = 5, calls: int = 1, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per ``step`` of each contender, one sample per repeat, contenders interleaved.
+def _busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all processes, incl. steal), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+    except (OSError, ValueError):
+        return float("nan")
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def others_cores(window: float = 0.2) -> float:
+    """CPU (in cores) that other processes use over the next ``window`` seconds (we sleep meanwhile)."""
+    busy, own = _busy_cpu_seconds(), _own_cpu_seconds()
+    time.sleep(window)
+    return (_busy_cpu_seconds() - busy - (_own_cpu_seconds() - own)) / window
+
+
+def wait_for_quiet(limit: float, timeout: float) -> float:
+    """Sleep until other processes use at most ``limit`` cores, or ``timeout`` s pass; seconds waited."""
+    begin = time.perf_counter()
+    while time.perf_counter() - begin < timeout and others_cores() > limit:
+        pass
+    return time.perf_counter() - begin
+
+
+@dataclass
+class Sample:
+    """One timed sample: ``seconds`` per step, and the CPU (in cores) other processes used meanwhile."""
+
+    seconds: float
+    others: float
+
+    def quiet(self, limit: float) -> bool:
+        return not self.others > limit  # NaN (no /proc/stat) counts as quiet
+
+
+def measure(contenders: list[Contender], repeats: int = 5, calls: int = 1, warmup: int = 1,
+            quiet_cores: float = 0.25, max_rounds: int | None = None, max_wait: float = 0.0) -> dict[str, list[Sample]]:
+    """Time each contender, one sample per round, contenders interleaved round-robin.
+
+    The machine is shared: before each sample it waits (up to ``max_wait`` seconds in all) until
+    other processes are quiet; a sample during which they used more than ``quiet_cores`` cores is
+    kept but marked noisy. After ``repeats`` rounds, more rounds run while some contender has fewer
+    than ``repeats`` quiet samples and waiting time is left, up to ``max_rounds`` (default
+    ``3 * repeats``).
 
     Args:
         contenders: what to time.
-        repeats: samples per contender; round ``r`` starts at contender ``r % len(contenders)``.
+        repeats: quiet samples wanted per contender; round ``r`` starts at contender ``r % len``.
         calls: ``step`` calls per sample (the sample is their mean).
         warmup: untimed calls of each contender before timing.
+        quiet_cores: CPU use by other processes (in cores) above which a sample is noisy.
+        max_rounds: cap on rounds.
+        max_wait: seconds this call may spend in all waiting for other processes to go quiet.
 
     Returns:
-        ``{name: [seconds per step, one per repeat]}``.
+        ``{name: [Sample, ...]}`` in time order.
     """
     for contender in contenders:
         for _ in range(warmup):
             contender.step()
-    samples: dict[str, list[float]] = {c.name: [] for c in contenders}
-    for r in range(repeats):
+    samples: dict[str, list[Sample]] = {c.name: [] for c in contenders}
+    quiet = lambda name: sum(s.quiet(quiet_cores) for s in samples[name])  # noqa: E731
+    for r in range(max_rounds or 3 * repeats):
+        if r >= repeats and (max_wait <= 0 or all(quiet(c.name) >= repeats for c in contenders)):
+            break  # enough quiet samples, or no waiting left: more noisy rounds would not help
         start = r % len(contenders)
         for contender in contenders[start:] + contenders[:start]:
-            begin = time.perf_counter()
+            max_wait -= wait_for_quiet(quiet_cores, max_wait) if max_wait > 0 else 0.0
+            busy, own, begin = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
             for _ in range(calls):
                 contender.step()
-            samples[contender.name].append((time.perf_counter() - begin) / calls)
+            wall = time.perf_counter() - begin
+            others = (_busy_cpu_seconds() - busy - (_own_cpu_seconds() - own)) / wall
+            samples[contender.name].append(Sample(wall / calls, others))
     return samples
 
 
-def summarize(contenders: list[Contender], samples: dict[str, list[float]]) -> list[dict[str, Any]]:
-    """One row per contender: median items/s, median ms per step and the spread (min..max items/s)."""
+def summarize(contenders: list[Contender], samples: dict[str, list[Sample]],
+              quiet_cores: float = 0.25) -> list[dict[str, Any]]:
+    """One row per contender: median items/s and ms per step, min/max (= best) items/s, samples used.
+
+    The median is over quiet samples when there are at least 3 (or all samples are quiet), else
+    over all samples (``noisy`` is then True: rerun on a quieter machine).
+    """
     rows = []
     for c in contenders:
-        times = samples[c.name]
-        rate = [c.items / t for t in times]
+        quiet = [s.seconds for s in samples[c.name] if s.quiet(quiet_cores)]
+        noisy = len(quiet) < min(3, len(samples[c.name]))
+        times = [s.seconds for s in samples[c.name]] if noisy else quiet
         rows.append({"name": c.name, "items_per_s": c.items / statistics.median(times),
-                     "ms_per_step": 1000 * statistics.median(times), "min_items_per_s": min(rate),
-                     "max_items_per_s": max(rate), "repeats": len(times), **c.info})
+                     "ms_per_step": 1000 * statistics.median(times),
+                     "best_items_per_s": c.items / min(s.seconds for s in samples[c.name]),
+                     "min_items_per_s": c.items / max(s.seconds for s in samples[c.name]),
+                     "max_items_per_s": c.items / min(s.seconds for s in samples[c.name]),
+                     "quiet_samples": f"{len(quiet)}/{len(samples[c.name])}", "noisy": noisy,
+                     "others_cores": [round(s.others, 2) for s in samples[c.name]],
+                     "items_per_s_all": [round(c.items / s.seconds, 2) for s in samples[c.name]], **c.info})
     return rows
 
 
@@ -100,14 +170,22 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], title: str | Non
     print(format_table(rows, columns, title), flush=True)
 
 
-def ratio(name: str, value: float, target: float | None = None) -> dict[str, Any]:
-    """A named ratio with its target; ``met`` is None without a target."""
-    return {"name": name, "value": value, "target": target, "met": None if target is None else value >= target}
+def ratio(name: str, value: float, target: float | None = None, best: float | None = None) -> dict[str, Any]:
+    """A named ratio of medians (``value``), optionally of best samples (``best``), with its target."""
+    return {"name": name, "value": value, "best": best, "target": target,
+            "met": None if target is None else value >= target}
 
 
 def format_ratio(r: dict[str, Any]) -> str:
-    verdict = "" if r["target"] is None else f"(target >= {r['target']:.2f}: {'met' if r['met'] else 'MISSED'})"
-    return f"{r['name']:<48s} {r['value']:6.3f}  {verdict}"
+    best = "" if r.get("best") is None else f"  (best-sample ratio {r['best']:.3f})"
+    verdict = "" if r["target"] is None else f"  target >= {r['target']:.2f}: {'met' if r['met'] else 'MISSED'}"
+    return f"{r['name']:<62s} {r['value']:6.3f}{verdict}{best}"
+
+
+def noisy_warning(rows: list[dict[str, Any]]) -> str | None:
+    """A warning naming the rows whose median had to include noisy samples, or None."""
+    noisy = [row["name"] for row in rows if row.get("noisy")]
+    return f"WARNING: other processes were busy; medians of all samples for: {', '.join(noisy)}" if noisy else None
 
 
 def environment() -> dict[str, Any]:
@@ -132,11 +210,13 @@ def write_json(name: str, data: dict[str, Any]) -> Path:
 
 
 def base_parser(description: str, repeats: int = 7) -> argparse.ArgumentParser:
-    """The options every benchmark takes: ``--repeats``, ``--quick``, ``--threads``."""
+    """The options every benchmark takes: ``--repeats``, ``--quick``, ``--threads``, ``--max-wait``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--repeats", type=int, default=repeats, help="samples per contender (median reported)")
     parser.add_argument("--quick", action="store_true", help="few repeats, one call each: a smoke run")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--max-wait", type=float, default=600.0,
+                        help="seconds each timing group may wait for other processes to go quiet")
     return parser
 
 

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-APT_PACKAGES="dataset-fashion-mnist trans-de-en"
+# EDH_EXTRA_APT adds packages (the tests add chromium, for the browser test of the demo report).
+APT_PACKAGES="dataset-fashion-mnist trans-de-en ${EDH_EXTRA_APT:-}"
 
 if [ "${EDH_SKIP_APT:-0}" != "1" ]; then
   missing=""

@@ -15,6 +15,7 @@ from edh.features import FeatureSpec, Sequence
 TINY: dict[tuple[str, str], dict[str, Any]] = {
     ("encoder", "conv"): {"channels": [4, 8]},
     ("encoder", "timm"): {"model_name": "test_resnet"},
+    ("encoder", "transformer"): {"vocab_size": 50, "preset": "tiny"},
 }
 SKIP = {("encoder", "resnet101")}  # same code as resnet50, only deeper: too slow to repeat here
 

@@ -60,7 +60,8 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _is_user_error(error: Exception) -> bool:
-    return isinstance(error, (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError))
+    return isinstance(error, (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError,
+                              FloatingPointError))  # a diverging run: its message says what to change
 
 
 if __name__ == "__main__":

@@ -22,6 +22,14 @@ class Demo:
 
 DEMOS = [
     Demo("classifier", "image classifier (ResNet-18) on digits", "digits-resnet18.yaml"),
+    Demo("detector", "YOLO-style detector (ResNet-18 + FPN + FCOS-style head) on scenes", "detector-yolo-scenes.yaml",
+         {"train.epochs": 4, "trainer.check_val_every_n_epoch": 1}),
+    Demo("segmenter", "segmenter (U-Net: ResNet-18 encoder + U-Net decoder + 1x1 conv head) on scenes",
+         "unet-scenes.yaml", {"train.epochs": 2}),
+    Demo("autoencoder", "autoencoder (conv encoder + conv-transpose decoder, no head) on digits",
+         "autoencoder-digits.yaml", {"train.epochs": 10}),
+    Demo("translator", "translator (Transformer encoder-decoder + LM head) on numbers, English -> French",
+         "translator-numbers.yaml", {"train.epochs": 1}),
 ]
 
 
@@ -36,6 +44,39 @@ class DemoResult:
     seconds: float
     metrics: dict[str, dict[str, float]]
     table: str
+    description: Any = None
+    diagram: Path | None = None
+    pictures: list[Path] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+
+def example_pictures(run, out_dir: Path, count: int = 8) -> list[Path]:
+    """Pictures of the model's predictions on the first ``count`` test samples (each head draws its own)."""
+    import torch
+    from torch.utils.data import default_collate
+
+    from edh.data.base import build_data
+    from edh.train.batch import unpack_batch
+
+    if run.info.input_kind != "image":
+        return []
+    bundle = build_data(run.spec.data.name, run.spec.data.options(), run.spec.data.seed)
+    items = [bundle.test[i] for i in range(min(count, len(bundle.test)))]
+    inputs, _, context = unpack_batch((bundle.collate_fn or default_collate)(items))
+    with torch.inference_mode():
+        outputs = run.model.eval()(inputs, **context)
+    written: list[Path] = []
+    paths = [out_dir / f"example_{i}.png" for i in range(len(items))]
+    for name, head in run.model.heads.items():
+        prediction = head.predict(outputs[name], input_size=tuple(inputs.shape[-2:]))
+        written += head.write_predictions(prediction, inputs, paths, out_dir / "examples" / name)
+    if not run.model.heads:
+        from edh.plots import labelled_grid
+
+        pairs = torch.stack([t for pair in zip(inputs, outputs["decoder"]) for t in pair])
+        titles = [t for _ in items for t in ("input", "output")]
+        written.append(labelled_grid(pairs, titles, out_dir / "examples" / "reconstructions.png"))
+    return written[:4]
 
 
 def run_demo(demo: Demo, out_root: Path, quick: bool = False) -> DemoResult:
@@ -60,5 +101,13 @@ def run_demo(demo: Demo, out_root: Path, quick: bool = False) -> DemoResult:
     seconds = time.perf_counter() - start
     evaluation = evaluate_run(run, "test", run_dir, progress=False)
     size = tuple(run.info.image_size) if run.info.image_size else None
-    table = run.model.describe(size).render(demo.title)
-    return DemoResult(demo, run_dir, seconds, evaluation.metrics, table)
+    description = run.model.describe(size)
+    from edh.diagram import draw
+
+    diagram = draw(run.model, description, run_dir / "diagram.png", title=demo.title)
+    lines = [line for head_lines in evaluation.reports.values() for line in head_lines
+             if not line.startswith("confusion matrix:")][:12]
+    pictures = example_pictures(run, run_dir)
+    pictures += [p for p in (run_dir / "confusion_matrix.png", run_dir / "curves.png") if p.is_file()]
+    return DemoResult(demo, run_dir, seconds, evaluation.metrics, description.render(demo.title), description,
+                      diagram, pictures, lines)

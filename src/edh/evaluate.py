@@ -22,6 +22,12 @@ class Evaluation:
 def evaluate_run(run: Run, split: str = "test", out_dir: str | Path | None = None, batch_size: int | None = None,
                  progress: bool = True) -> Evaluation:
     """Run the model over ``split`` and compute every head's test metrics (plots go to ``out_dir``)."""
+    from edh.ops.generation import is_seq2seq
+
+    if is_seq2seq(run.model):  # translation: BLEU / chrF / exact match need generated text, not logits
+        from edh.translate import evaluate_translation
+
+        return evaluate_translation(run, split, batch_size, progress)
     from torch.utils.data import DataLoader
 
     from edh.data.base import build_data
@@ -49,7 +55,7 @@ def evaluate_run(run: Run, split: str = "test", out_dir: str | Path | None = Non
             for name, head in model.heads.items():
                 if metrics[name] is not None:
                     key = model.head_specs[name].target or name
-                    head.update_metrics(metrics[name], outputs[name], targets[key])
+                    head.update_metrics(metrics[name], outputs[name], head.select_targets(targets, key))
             if reconstruction is not None:
                 reconstruction.update_metrics(outputs["decoder"], targets)
     result = Evaluation(split, count)

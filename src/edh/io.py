@@ -85,6 +85,31 @@ def torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
         raise WeightsFileError(f"{path} is not a readable PyTorch file (truncated or corrupt?): {error}") from None
 
 
+def _safetensors_damage(path: Path) -> str:
+    """Which tensors a damaged safetensors file cannot hold, read from its header (or ``""``)."""
+    import json
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f" (the file has only {size} bytes)"
+        length = struct.unpack("<Q", head)[0]
+        if 8 + length > size:
+            return f" (its header claims {length} bytes but the file has {size})"
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            return ""
+    data = size - 8 - length
+    cut = [f"{name} (bytes {entry['data_offsets'][0]}..{entry['data_offsets'][1]})" for name, entry in header.items()
+           if isinstance(entry, dict) and "data_offsets" in entry and entry["data_offsets"][1] > data]
+    if cut:
+        return f"; the file holds {data} bytes of tensor data, too few for tensor " + ", ".join(cut[:5])
+    return ""
+
+
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from ``.safetensors`` or a weights-only ``.pth``/``.pt``/``.bin`` (a ``state_dict``
     possibly nested under ``state_dict`` / ``model``)."""
@@ -98,7 +123,8 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as error:
-            raise WeightsFileError(f"{path} is not a valid safetensors file (corrupt header or truncated?): {error}") from None
+            raise WeightsFileError(f"{path} is not a valid safetensors file (corrupt header or truncated?): {error}"
+                                   + _safetensors_damage(path)) from None
     obj = torch_load(path)
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

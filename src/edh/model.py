@@ -43,7 +43,7 @@ class Model(nn.Module):
     """Encoder -> [Decoder] -> Heads.
 
     ``forward(inputs, **context)`` returns ``{head_name: outputs}``; a model without heads returns
-    ``{"decoder": decoder_output}``. ``context`` reaches the decoder and every head (heads also get
+    ``{"decoder": decoder_output}``. ``context`` reaches the decoder and every head (both also get
     ``input_size``, the ``(H, W)`` of an image input).
 
     Attributes:
@@ -138,11 +138,11 @@ class Model(nn.Module):
         if isinstance(inputs, torch.Tensor) and hasattr(self.encoder, "check_input"):
             self.encoder.check_input(inputs)
         features = self.encoder(inputs)
+        if isinstance(inputs, torch.Tensor) and inputs.ndim == 4:  # decoders and heads may crop to it
+            context = {**context, "input_size": tuple(inputs.shape[-2:])}
         decoded = self.decoder(features, **context) if self.decoder is not None else None
         if not self.heads:
             return {"decoder": decoded}
-        if isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
-            context = {**context, "input_size": tuple(inputs.shape[-2:])}
         outputs = {}
         for name, head in self.heads.items():
             role, level = _parse_source(self.head_specs[name].source)

@@ -42,3 +42,33 @@ def confusion_matrix_png(matrix: torch.Tensor, class_names: list[str], path: Pat
                 axis.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
                           color="white" if rates[i, j] > 0.5 else "black")
     return save_figure(fig, path)
+
+
+def display_image(image: torch.Tensor):
+    """A normalised ``(C, H, W)`` tensor as an ``(H, W[, C])`` array in [0, 1] for imshow."""
+    image = image.detach().float().cpu()
+    image = (image - image.min()) / (image.max() - image.min()).clamp_min(1e-6)
+    if image.shape[0] == 1:
+        return image[0].numpy()
+    return image[:3].permute(1, 2, 0).numpy()
+
+
+def labelled_grid(images: torch.Tensor, titles: list[str], path: Path, columns: int = 8) -> Path:
+    """A grid of images ``(N, C, H, W)`` with a title under each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(images)
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, title in zip(axes.flat, images, titles):
+        shown = display_image(image)
+        axis.imshow(shown, cmap="gray" if shown.ndim == 2 else None, interpolation="nearest")
+        axis.set_title(title, fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -96,6 +96,7 @@ class TrainSpec(_Strict):
     channels_last: bool = False
     compile: bool = False
     checkpoint_every_n_steps: int | None = None
+    loss_balancing: Literal["fixed", "uncertainty"] = "fixed"
 
     @field_validator("lr")
     @classmethod

@@ -27,9 +27,13 @@ def run(args) -> int:
         for head, values in result.metrics.items():
             print(f"test [{head}] " + "  ".join(f"{k}={v:.4f}" for k, v in values.items()))
         results.append(result)
+    from edh.report import write_report
+
+    html_path, md_path = write_report(results, Path(args.out))
     print("\n=== summary ===")
     for result in results:
         metrics = "; ".join(f"{h}: " + ", ".join(f"{k}={v:.3f}" for k, v in list(m.items())[:3])
                             for h, m in result.metrics.items())
         print(f"{result.demo.name:<12} {result.seconds:6.1f}s  {metrics}  ({result.run_dir})")
+    print(f"report: {html_path} (and {md_path.name})")
     return 0

@@ -6,18 +6,49 @@ HELP = "predict with a trained run: top-k labels for images (heads that draw wri
 
 def add_arguments(parser) -> None:
     parser.add_argument("run_dir", metavar="RUNDIR")
-    parser.add_argument("images", nargs="*", help="image files")
+    parser.add_argument("images", nargs="*", help="image files (text runs: sentences)")
+    parser.add_argument("--input", help="text runs: a file with one sentence per line")
+    parser.add_argument("--beam", type=int, help="text runs: beam size (1 = greedy; default: the run's)")
     parser.add_argument("--top-k", type=int, help="how many classes to show")
-    parser.add_argument("--out", help="folder for pictures of the predictions")
+    parser.add_argument("--out", help="folder for pictures of the predictions (text runs: the output text file)")
+    parser.add_argument("--sample", type=int, metavar="N",
+                        help="variational autoencoders: draw N images from the prior into --out/samples.png")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of --sample")
+    parser.add_argument("--heads", nargs="+", metavar="HEAD", help="keep only these heads (the others are dropped)")
+    parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                        help="run the eager model (torch) or the exported ONNX graph (onnxruntime; see edh export)")
+    parser.add_argument("--onnx", metavar="FILE", help="the exported graph for --backend onnxruntime "
+                        "(default: RUNDIR/model.onnx)")
 
 
 def run(args) -> int:
     from edh.predict import predict_images
     from edh.run import load_run
 
+    loaded = load_run(args.run_dir)
+    if getattr(args, "backend", "torch") == "onnxruntime":
+        from edh.export.runs import onnx_run
+
+        if getattr(args, "sample", None) is not None:
+            raise ValueError("--sample decodes with the eager decoder; drop --backend onnxruntime to sample")
+        loaded = onnx_run(loaded, args.onnx)
+    if loaded.info.input_kind == "tokens":  # text in, text out (translation)
+        from edh.translate import translate_lines
+
+        translate_lines(loaded, args.images, args.input, args.out, beam_size=args.beam)
+        return 0
+    if getattr(args, "sample", None) is not None:
+        from edh.predict import sample_images
+
+        if not args.out:
+            raise ValueError("--sample writes a picture: give --out DIR")
+        print(f"wrote {sample_images(loaded, args.sample, args.out, args.seed)}")
+        if not args.images:
+            return 0
     if not args.images:
         raise ValueError("give one or more image files: edh predict RUNDIR img.png ...")
-    loaded = load_run(args.run_dir)
+    if args.heads:
+        loaded.model.remove_heads(args.heads)
     results, written = predict_images(loaded, args.images, args.out, args.top_k)
     for result in results:
         for head, line in result.lines.items():

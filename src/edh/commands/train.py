@@ -43,5 +43,8 @@ def run(args) -> int:
     from edh.train.runner import train_run
 
     result = train_run(spec, run_dir, resume=bool(args.resume), **overrides)
-    print(f"run folder: {result.path}")
+    import os
+
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        print(f"run folder: {result.path}  (test it with: edh eval {result.path})")
     return 0

@@ -60,13 +60,18 @@ class DataInfo:
 
 @dataclass
 class DataBundle:
-    """Train / val / test datasets of ``(inputs, {target_key: target})`` items, and their `DataInfo`."""
+    """Train / val / test datasets of ``(inputs, {target_key: target})`` items, and their `DataInfo`.
+
+    ``files`` maps a file name to the text the run folder keeps beside the spec (for example a
+    tokenizer fitted on the training split, ``tokenizer.json``).
+    """
 
     train: Dataset
     val: Dataset
     test: Dataset
     info: DataInfo
     collate_fn: Callable[[list[Any]], Any] | None = None
+    files: dict[str, str] = field(default_factory=dict)
 
 
 def split_indices(count: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:

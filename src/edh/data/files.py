@@ -40,6 +40,11 @@ def read_image(path: str | Path, in_channels: int) -> torch.Tensor:
                 image = Image.fromarray((np.asarray(image, dtype=np.float32) / 257.0).clip(0, 255).astype(np.uint8))
             converted = image.convert(_MODES[in_channels])
             array = np.asarray(converted, dtype=np.uint8).copy()
+    except Image.DecompressionBombError as error:
+        raise ImageReadError(
+            f"refusing to read image {path}: {error} Larger images than PIL's limit can exhaust memory (a "
+            "decompression bomb); if you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS or downscale it first."
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ImageReadError(f"cannot read image {path}: {error}. Is it a PNG/JPEG/BMP/TIFF file, and complete?") from None
     tensor = torch.from_numpy(array).float() / 255.0

@@ -46,6 +46,13 @@ class Head(nn.Module):
     def predict(self, outputs: Any, **meta: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def select_targets(self, targets: dict[str, Any], key: str) -> Any:
+        """This head's targets out of the batch's target dict; ``key`` is the head spec's ``target``
+        (default: the head's name). Most heads read ``targets[key]``; a head that learns from several
+        entries (detection: ``boxes`` and ``labels``) overrides this. A missing entry raises
+        ``KeyError(entry)``."""
+        return targets[key]
+
     def make_metrics(self, stage: str = "val") -> Any:
         """Metrics for ``stage`` (``val`` during training; ``test`` may add per-class detail)."""
         return None
@@ -63,4 +70,11 @@ class Head(nn.Module):
 
     def write_predictions(self, prediction: Any, images: torch.Tensor, paths: list[Path], out_dir: Path) -> list[Path]:
         """Write pictures of the predictions (overlays, boxes) to ``out_dir``; return the files written."""
+        return []
+
+    def prediction_records(self, prediction: Any, paths: list[Path], input_size: tuple[int, int],
+                           info: Any = None) -> list[dict[str, Any]]:
+        """JSON-ready records of these predictions (detection: COCO results) for the images at
+        ``paths`` (model input ``input_size``; ``info`` is the run's `DataInfo`). ``edh predict --out``
+        gathers them over all images into ``OUT/<head>.json``. Default: none."""
         return []

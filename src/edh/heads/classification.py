@@ -122,6 +122,15 @@ class ClassificationHead(Head):
             lines.append(f"confusion matrix: {path}")
         return scalars, lines
 
+    def write_predictions(self, prediction: dict[str, Any], images: torch.Tensor, paths: list[Path],
+                          out_dir: Path) -> list[Path]:
+        """One grid of the images, each titled with its top-1 label and probability."""
+        from edh.plots import labelled_grid
+
+        titles = [f"{labels[0]} {scores[0]:.2f}" for labels, scores in
+                  zip(prediction["labels"], prediction["scores"].tolist())]
+        return [labelled_grid(images, titles, Path(out_dir) / f"{Path(paths[0]).stem}_classification.png")]
+
     def format_prediction(self, prediction: dict[str, Any], index: int) -> str:
         pairs = zip(prediction["labels"][index], prediction["scores"][index].tolist())
         return ", ".join(f"{label} {score:.3f}" for label, score in pairs)

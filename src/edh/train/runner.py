@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edh.data.base import DataBundle, DataInfo, build_data
+from edh.io import atomic_write_text
 from edh.registry import lookup
 from edh.run import CKPT_FILE, Run, load_run, read_run_spec, save_weights, write_spec
 from edh.spec import RunSpec, SpecError, to_dict
@@ -29,17 +30,46 @@ def resolve_spec(spec: RunSpec, info: DataInfo) -> RunSpec:
                 f"model.encoder.in_channels is {given} but the data {spec.data.name!r} has {info.in_channels}-channel "
                 f"images; set in_channels: {info.in_channels} (or remove it to take the data's)"
             )
+    for role in ("encoder", "decoder"):
+        _fill_role_defaults(spec, data["model"][role], role, info.extra.get(f"{role}_defaults", {}))
     defaults = dict(info.extra.get("head_defaults", {}))
     if info.class_names:
         defaults.setdefault("label", {"num_classes": len(info.class_names), "class_names": list(info.class_names)})
     for name, head in data["model"]["heads"].items():
-        options = defaults.get(head.get("target") or name, {})
+        key = head.get("target") or name
+        if info.targets and key not in info.targets:
+            raise SpecError(
+                f"model.heads.{name} learns from target {key!r}, but the data {spec.data.name!r} gives targets "
+                f"{', '.join(sorted(info.targets))}; set heads.{name}.target to one of them"
+            )
+        options = defaults.get(key, {})
         head_builder = lookup("head", head["type"])
         accepted = inspect.signature(head_builder.__init__ if inspect.isclass(head_builder) else head_builder).parameters
         for key, value in options.items():
             if key in accepted and key not in head:
+                if key == "class_names" and head.get("num_classes", len(value)) != len(value):
+                    continue  # the spec chose another number of classes: keep default names
                 head[key] = value
     return RunSpec.model_validate(data)
+
+
+def _fill_role_defaults(spec: RunSpec, component: dict[str, Any] | None, role: str, defaults: dict[str, Any]) -> None:
+    """Options the data decides for an encoder / decoder (``DataInfo.extra["<role>_defaults"]``: a text
+    dataset's vocabulary size and special token ids): filled in when the builder takes them and the
+    spec left them out; a different value in the spec is an error."""
+    if component is None or not defaults:
+        return
+    builder = lookup(role, component["name"])
+    accepted = inspect.signature(builder.__init__ if inspect.isclass(builder) else builder).parameters
+    for key, value in defaults.items():
+        if key not in accepted:
+            continue
+        given = component.setdefault(key, value)
+        if given != value:
+            raise SpecError(
+                f"model.{role}.{key} is {given} but the data {spec.data.name!r} gives {value} (its tokenizer); "
+                f"remove model.{role}.{key} to take the data's value"
+            )
 
 
 def _loaders(bundle: DataBundle, spec: RunSpec):
@@ -49,10 +79,11 @@ def _loaders(bundle: DataBundle, spec: RunSpec):
                   persistent_workers=spec.data.num_workers > 0)
     if len(bundle.train) == 0:
         raise ValueError(f"the training split of {spec.data.name!r} is empty; nothing to train on")
-    train = DataLoader(bundle.train, shuffle=True, drop_last=len(bundle.train) > spec.data.batch_size, **common)
+    from edh.train.data_loading import train_loader  # shuffled from (seed, epoch): resumable mid-epoch
+
+    train = train_loader(bundle.train, spec.train.seed, drop_last=len(bundle.train) > spec.data.batch_size, **common)
     val = DataLoader(bundle.val if len(bundle.val) else bundle.test, **common)
-    test = DataLoader(bundle.test, **common)
-    return train, val, test
+    return train, val
 
 
 def make_trainer(spec: RunSpec, run_dir: Path, callbacks: list[Any] | None = None, **overrides: Any):
@@ -82,6 +113,24 @@ def make_trainer(spec: RunSpec, run_dir: Path, callbacks: list[Any] | None = Non
                      plugins=[AtomicCheckpointIO()], **options)
 
 
+def compile_forward(model: Any) -> None:
+    """``train.compile``: run ``model``'s forward through ``torch.compile`` (`edh.perf.maybe_compile`:
+    if compiling fails, a warning says why and training goes on eagerly). The model object, its
+    roles and its state dict keys stay as they are; only its ``forward`` is replaced."""
+    from torch import nn
+
+    from edh.perf import maybe_compile
+
+    eager = model.forward
+
+    class EagerForward(nn.Module):
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            return eager(*args, **kwargs)
+
+    object.__setattr__(model, "forward", maybe_compile(EagerForward()))  # not a submodule: no new state keys
+    log.info("train.compile: the model's forward runs through torch.compile (eager if compiling fails)")
+
+
 def _quiet_lightning() -> None:
     """Drop Lightning's tips and info chatter (GPU/TPU availability); keep its warnings."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
@@ -90,12 +139,17 @@ def _quiet_lightning() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
 
 
-def train_run(spec: RunSpec, run_dir: str | Path, resume: bool = False, **trainer_overrides: Any) -> Run:
+def train_run(spec: RunSpec, run_dir: str | Path, resume: bool = False, init_from: Any = None,
+              **trainer_overrides: Any) -> Run:
     """Train ``spec`` into ``run_dir``; with ``resume``, continue from ``run_dir/last.ckpt``.
 
-    Returns the loaded `Run` (best = last weights) after testing on the test split.
+    ``init_from`` (a trained `Model`) starts training from its weights wherever they fit
+    (`edh.surgery.transfer_weights`; used by ``edh finetune``).
+
+    Returns the loaded `Run` (its weights are the last epoch's); ``edh eval`` tests it.
     """
     import lightning as L
 
@@ -118,21 +172,32 @@ def train_run(spec: RunSpec, run_dir: str | Path, resume: bool = False, **traine
     spec = resolve_spec(spec, bundle.info)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_spec(run_dir, spec, bundle.info)
-    model = Model(spec.model)
+    for name, text in bundle.files.items():  # e.g. the tokenizer fitted on the training split
+        atomic_write_text(run_dir / name, text)
+    model = Model(spec.model, pretrained=init_from is None)
+    if init_from is not None and not resume:
+        from edh.surgery import transfer_weights
+
+        for line in transfer_weights(init_from, model):
+            log.info("finetune: %s", line)
     if spec.train.channels_last:
         import torch
 
         model = model.to(memory_format=torch.channels_last)
+    if spec.train.compile:
+        compile_forward(model)
     reconstruction = None
     if not model.heads:
         from edh.train.reconstruction import make_reconstruction_loss
 
         reconstruction = make_reconstruction_loss(spec, bundle.info)
     task = EdhTask(model, spec.train, reconstruction)
-    train_loader, val_loader, test_loader = _loaders(bundle, spec)
-    trainer = make_trainer(spec, run_dir, **trainer_overrides)
+    train_loader, val_loader = _loaders(bundle, spec)
+    from edh.train.data_loading import ResumeCallback
+
+    trainer = make_trainer(spec, run_dir, [ResumeCallback(train_loader)], **trainer_overrides)
     trainer.fit(task, train_loader, val_loader, ckpt_path=str(ckpt) if resume else None)
     if trainer.is_global_zero:
         save_weights(run_dir, model)
-    trainer.test(task, test_loader, verbose=False)
+    trainer.strategy.barrier()
     return load_run(run_dir)

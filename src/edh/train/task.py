@@ -14,34 +14,41 @@ from edh.spec import TrainSpec
 from edh.train.batch import unpack_batch
 
 
-def combine_losses(model: Model, outputs: dict[str, Any], targets: dict[str, Any],
-                   reconstruction: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted sum of every head's loss terms; returns the total and each named term.
+def head_losses(model: Model, outputs: dict[str, Any], targets: dict[str, Any],
+                reconstruction: Any = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Each head's summed loss, and every named term (``head/term``) for logging.
 
-    A model without heads is trained with ``reconstruction(decoder_output, targets)``.
+    A model without heads is trained with ``reconstruction(decoder_output, targets)`` under the name
+    ``decoder``.
     """
     terms: dict[str, torch.Tensor] = {}
-    total = None
+    per_head: dict[str, torch.Tensor] = {}
     if not model.heads:
         if reconstruction is None:
             raise ValueError("a model without heads needs a reconstruction loss (train.reconstruction)")
         parts = reconstruction(outputs["decoder"], targets)
-        for name, value in parts.items():
-            terms[f"decoder/{name}"] = value
-            total = value if total is None else total + value
-        return total, terms
+        terms.update({f"decoder/{name}": value for name, value in parts.items()})
+        per_head["decoder"] = sum(parts.values())
+        return per_head, terms
     for name, head in model.heads.items():
-        spec = model.head_specs[name]
-        key = spec.target or name
-        if key not in targets:
-            raise KeyError(f"head {name!r} learns from target {key!r}, but the batch only has targets "
-                           f"{sorted(targets)}; set heads.{name}.target to one of them")
-        parts = head.loss(outputs[name], targets[key])
-        head_total = sum(parts.values())
-        for term, value in parts.items():
-            terms[f"{name}/{term}"] = value.detach()
-        total = spec.weight * head_total if total is None else total + spec.weight * head_total
-    return total, terms
+        key = model.head_specs[name].target or name
+        try:
+            head_targets = head.select_targets(targets, key)
+        except KeyError as missing:
+            raise KeyError(f"head {name!r} learns from target {missing.args[0]!r}, but the batch only has targets "
+                           f"{sorted(targets)}; set heads.{name}.target to one of them") from None
+        parts = head.loss(outputs[name], head_targets)
+        per_head[name] = sum(parts.values())
+        terms.update({f"{name}/{term}": value.detach() for term, value in parts.items()})
+    return per_head, terms
+
+
+def combine_losses(model: Model, outputs: dict[str, Any], targets: dict[str, Any],
+                   reconstruction: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The spec-weighted sum of every head's loss, and each named term."""
+    per_head, terms = head_losses(model, outputs, targets, reconstruction)
+    weights = {name: (model.head_specs[name].weight if name in model.head_specs else 1.0) for name in per_head}
+    return sum(weights[n] * loss for n, loss in per_head.items()), terms
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
@@ -70,6 +77,11 @@ class EdhTask(L.LightningModule):
         self.model = model
         self.train_spec = train
         self.reconstruction = reconstruction
+        from edh.train.balancing import make_balancing
+
+        names = list(model.heads) or ["decoder"]
+        self.balancing = make_balancing(train.loss_balancing,
+                                        {n: (model.head_specs[n].weight if n in model.head_specs else 1.0) for n in names})
         if train.freeze:
             model.freeze(*train.freeze)
         self.val_metrics = nn.ModuleDict()
@@ -93,7 +105,8 @@ class EdhTask(L.LightningModule):
         if self.reconstruction is not None:  # a model without heads reconstructs its inputs
             targets = {"inputs": inputs, **targets}
         outputs = self.model(self._prepare(inputs), targets=targets, **context)
-        loss, terms = combine_losses(self.model, outputs, targets, self.reconstruction)
+        per_head, terms = head_losses(self.model, outputs, targets, self.reconstruction)
+        loss = self.balancing(per_head)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
@@ -104,6 +117,11 @@ class EdhTask(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         for name, value in terms.items():
             self.log(f"train/{name}", value, batch_size=batch_size)
+        if len(per_head) > 1:
+            for name, value in per_head.items():
+                self.log(f"train/loss_{name}", value.detach(), batch_size=batch_size)
+            for name, weight in self.balancing.current().items():
+                self.log(f"train/weight_{name}", weight, batch_size=batch_size)
         return loss
 
     def _eval_step(self, batch: Any, stage: str, store: nn.ModuleDict) -> None:
@@ -115,7 +133,8 @@ class EdhTask(L.LightningModule):
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=_batch_size(inputs), sync_dist=True)
         for name, metrics in store.items():
             key = self.model.head_specs[name].target or name
-            self.model.heads[name].update_metrics(metrics, outputs[name], targets[key])
+            head = self.model.heads[name]
+            head.update_metrics(metrics, outputs[name], head.select_targets(targets, key))
         if not self.model.heads and hasattr(self.reconstruction, "update_metrics"):
             self.reconstruction.update_metrics(outputs["decoder"], targets)
 
@@ -147,6 +166,11 @@ class EdhTask(L.LightningModule):
         groups = self.model.param_groups(spec.lr, spec.weight_decay)
         if not groups:
             raise ValueError("every parameter is frozen: nothing to train (check train.freeze)")
+        balancing = [p for p in self.balancing.parameters() if p.requires_grad]
+        if balancing:
+            rates = spec.lr if isinstance(spec.lr, dict) else {"default": spec.lr}
+            groups.append({"params": balancing, "lr": rates.get("heads", rates.get("default", max(rates.values()))),
+                           "weight_decay": 0.0, "name": "loss_balancing"})
         if spec.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, momentum=spec.momentum, nesterov=True)
         elif spec.optimizer == "adam":

@@ -1,0 +1,63 @@
+"""Test PSNR / SSIM reached and time taken by the autoencoder configs on digits, as `edh train` runs them.
+
+    python bench/autoencoder.py [--only autoencoder vae] [--out runs/bench]
+
+Target (issue 3): an autoencoder on digits reaches test PSNR >= 22 dB in <= 2 minutes here. PSNR is
+computed by torchmetrics on pixels in [0, 1] from the mean squared error over every test pixel.
+Like bench/segmentation_accuracy.py, each row also gives this process's CPU seconds / 2 cores and
+the cores other processes used meanwhile. Writes bench/results/autoencoder.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from segmentation_accuracy import load_spec_with, machine_busy_seconds, own_cpu_seconds
+
+from edh.evaluate import evaluate_run
+from edh.train.runner import train_run
+
+CASES = {  # name: (config, target PSNR dB, budget seconds)
+    "autoencoder": ("autoencoder-digits.yaml", 22.0, 120),
+    "vae": ("vae-digits.yaml", None, None),
+}
+
+
+def run_case(name: str, out: Path) -> dict:
+    config, target, budget = CASES[name]
+    spec = load_spec_with(config, {})
+    shutil.rmtree(out / name, ignore_errors=True)
+    wall, cpu, busy = time.perf_counter(), own_cpu_seconds(), machine_busy_seconds()
+    run = train_run(spec, out / name, enable_progress_bar=False)
+    wall, cpu, busy = time.perf_counter() - wall, own_cpu_seconds() - cpu, machine_busy_seconds() - busy
+    test = evaluate_run(run, "test", progress=False).metrics["decoder"]
+    met = None if target is None else test["psnr"] >= target and wall <= budget
+    return {"case": name, "config": f"configs/{config}", "test_psnr_db": round(test["psnr"], 2),
+            "test_ssim": round(test["ssim"], 4), "seconds": round(wall, 1), "alone_on_2_cores_s": round(cpu / 2, 1),
+            "others_cores": round(max(0.0, busy - cpu) / wall, 2), "target_psnr_db": target, "budget_s": budget,
+            "met": met}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=sorted(CASES), default=sorted(CASES))
+    parser.add_argument("--out", default="runs/bench")
+    args = parser.parse_args()
+    rows = [run_case(name, Path(args.out)) for name in args.only]
+    print(f"{'case':<12} {'PSNR dB':>7} {'SSIM':>6} {'target':>6} {'wall s':>7} {'cpu/2 s':>7} {'others':>6}  met")
+    for r in rows:
+        target = "" if r["target_psnr_db"] is None else f"{r['target_psnr_db']:.0f}"
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
+        print(f"{r['case']:<12} {r['test_psnr_db']:>7.2f} {r['test_ssim']:>6.3f} {target:>6} {r['seconds']:>7.1f} "
+              f"{r['alone_on_2_cores_s']:>7.1f} {r['others_cores']:>6.2f}  {met}")
+    path = Path(__file__).resolve().parent / "results" / "autoencoder.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""edh ResNet classifiers against timm and torchvision: forward and train-step images/s on CPU.
+
+Run: ``python bench/classification.py [--repeats N] [--quick] [--threads T] [--max-wait S] [--archs resnet18,resnet50]``.
+
+Forward: batch 8, 224x224, eval, ``torch.inference_mode()``. Peers run as they come (contiguous), and
+timm also in channels_last; edh runs as built, then through `edh.perf.prepare_for_inference`
+(channels_last + BatchNorm folded), then with bf16 autocast on top. Channels_last contenders get the
+same contiguous batch and convert it inside the timed step, as a real input pipeline would.
+Train step: batch 16, 128x128, SGD (momentum 0.9) + cross-entropy, train mode, each model contiguous
+and channels_last. All contenders of a group are timed round-robin (see `common.measure`), medians
+reported; results also go to ``bench/results/classification.json``.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any, Callable
+
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+from common import (Contender, apply_threads, base_parser, environment, format_ratio, measure, noisy_warning,
+                    print_table, ratio, seed_everything, summarize, write_json)
+
+import edh
+from edh.perf import autocast, prepare_for_inference, to_channels_last
+
+NUM_CLASSES = 1000
+FORWARD_BATCH, FORWARD_SIZE = 8, 224
+TRAIN_BATCH, TRAIN_SIZE = 16, 128
+COLUMNS = ["name", "items_per_s", "ms_per_step", "best_items_per_s", "quiet_samples"]
+
+
+def build(kind: str, arch: str) -> torch.nn.Module:
+    """A fresh, seeded classifier: ``kind`` is ``edh``, ``timm`` or ``torchvision``."""
+    seed_everything(0)
+    if kind == "edh":
+        return edh.build(encoder=arch, heads={"label": {"type": "classification", "num_classes": NUM_CLASSES}})
+    if kind == "timm":
+        return timm.create_model(arch, num_classes=NUM_CLASSES)
+    return getattr(torchvision.models, arch)(num_classes=NUM_CLASSES)
+
+
+def forward_step(model: torch.nn.Module, images: torch.Tensor, channels_last: bool = False,
+                 bf16: bool = False) -> Callable[[], Any]:
+    def step() -> Any:
+        with torch.inference_mode(), autocast("cpu", enabled=bf16):
+            return model(to_channels_last(images) if channels_last else images)
+
+    return step
+
+
+def train_step(kind: str, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               channels_last: bool) -> Callable[[], float]:
+    model.train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> float:
+        outputs = model(to_channels_last(images) if channels_last else images)
+        if kind == "edh":  # edh's own loss path: the head's loss on the head's output
+            loss = model.heads["label"].loss(outputs["label"], labels)["ce"]
+        else:
+            loss = F.cross_entropy(outputs, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
+def forward_contenders(arch: str, images: torch.Tensor) -> list[Contender]:
+    timm_model, tv_model, edh_model = (build(k, arch).eval() for k in ("timm", "torchvision", "edh"))
+    timm_cl = build("timm", arch).eval().to(memory_format=torch.channels_last)
+    edh_cl = prepare_for_inference(edh_model, fold_bn=False)
+    edh_fast = prepare_for_inference(edh_model)
+    edh_bf16_weights = prepare_for_inference(edh_model, dtype=torch.bfloat16)
+    with torch.inference_mode():  # check that the speed options keep the outputs
+        reference = edh_model(images)["label"]
+        folded_error = (edh_fast(to_channels_last(images))["label"] - reference).abs().max().item()
+        with autocast("cpu"):
+            bf16_error = (edh_fast(to_channels_last(images))["label"].float() - reference).abs().max().item()
+    assert folded_error < 1e-3, f"prepared edh model differs from eager by {folded_error}"
+    print(f"{arch}: prepared vs eager max |diff| {folded_error:.2e}; bf16 vs fp32 {bf16_error:.2e} "
+          f"(logits std {reference.std().item():.2f})", flush=True)
+    n = images.shape[0]
+    return [
+        Contender("timm (default)", forward_step(timm_model, images), n, {"memory_format": "contiguous"}),
+        Contender("timm channels_last", forward_step(timm_cl, images, True), n, {"memory_format": "channels_last"}),
+        Contender("torchvision (default)", forward_step(tv_model, images), n, {"memory_format": "contiguous"}),
+        Contender("edh eager (as built)", forward_step(edh_model, images), n, {"memory_format": "contiguous"}),
+        Contender("edh channels_last, BN kept", forward_step(edh_cl, images, True), n,
+                  {"memory_format": "channels_last"}),
+        Contender("edh prepared (CL + BN folded)", forward_step(edh_fast, images, True), n,
+                  {"memory_format": "channels_last", "bn_folded": True}),
+        Contender("edh prepared + bf16 autocast", forward_step(edh_fast, images, True, bf16=True), n,
+                  {"memory_format": "channels_last", "bn_folded": True, "dtype": "bf16 autocast"}),
+        Contender("edh prepared bf16 weights + autocast", forward_step(edh_bf16_weights, images, True, bf16=True),
+                  n, {"memory_format": "channels_last", "bn_folded": True, "dtype": "bf16 weights"}),
+    ]
+
+
+def train_contenders(arch: str, images: torch.Tensor, labels: torch.Tensor) -> list[Contender]:
+    contenders = []
+    for kind in ("edh", "timm", "torchvision"):
+        for channels_last in (False, True):
+            name = f"{kind} {'channels_last' if channels_last else 'contiguous'}"
+            step = train_step(kind, build(kind, arch), images, labels, channels_last)
+            contenders.append(Contender(name, step, images.shape[0], {"kind": kind}))
+    return contenders
+
+
+def ratios(forward_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The target ratios, from medians (and from best samples, for a noisy machine)."""
+    out = []
+    for key in ("items_per_s", "best_items_per_s"):
+        forward = {r["name"]: r[key] for r in forward_rows}
+        train = {r["name"]: (r[key], r["kind"]) for r in train_rows}
+        best = lambda kinds: max((v, k) for k, (v, kind) in train.items() if kind in kinds)  # noqa: E731
+        (edh_train, edh_name), (peer_train, peer_name) = best(("edh",)), best(("timm", "torchvision"))
+        fast = forward["edh prepared (CL + BN folded)"]
+        values = [
+            ("edh prepared / timm default, forward", fast / forward["timm (default)"], 1.15),
+            ("edh prepared / timm channels_last, forward", fast / forward["timm channels_last"], 1.0),
+            (f"edh train ({edh_name}) / best peer ({peer_name})", edh_train / peer_train, 1.0),
+            ("edh bf16 autocast / edh prepared fp32, forward", forward["edh prepared + bf16 autocast"] / fast, 1.9),
+            ("edh bf16 weights + autocast / edh prepared fp32, forward",
+             forward["edh prepared bf16 weights + autocast"] / fast, None),
+            ("edh eager / timm default, forward (wrapper overhead)",
+             forward["edh eager (as built)"] / forward["timm (default)"], None),
+        ]
+        if key == "items_per_s":
+            out = [ratio(name, value, target) for name, value, target in values]
+        else:  # the train names may differ between medians and best samples: match by position
+            for r, (name, value, _) in zip(out, values):
+                r["best"], r["best_name"] = value, name
+    return out
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--archs", default="resnet18,resnet50", help="comma-separated ResNet names")
+    args = parser.parse_args()
+    threads = apply_threads(args.threads)
+    repeats, forward_calls, train_calls = (2, 1, 1) if args.quick else (args.repeats, 2, 1)
+    env = environment()
+    print(f"torch {env['torch']}, {threads} threads (torch.get_num_threads), {env['cpu']}; "
+          f"{repeats} round-robin repeats, medians", flush=True)
+    seed_everything(0)
+    images = torch.randn(FORWARD_BATCH, 3, FORWARD_SIZE, FORWARD_SIZE)
+    train_images = torch.randn(TRAIN_BATCH, 3, TRAIN_SIZE, TRAIN_SIZE)
+    train_labels = torch.randint(0, NUM_CLASSES, (TRAIN_BATCH,))
+    report: dict[str, Any] = {"environment": env, "repeats": repeats, "forward": {}, "train": {}, "ratios": {},
+                              "settings": {"forward": f"batch {FORWARD_BATCH}, {FORWARD_SIZE}x{FORWARD_SIZE}, eval, "
+                                                      f"inference_mode, {forward_calls} calls per sample",
+                                           "train": f"batch {TRAIN_BATCH}, {TRAIN_SIZE}x{TRAIN_SIZE}, SGD "
+                                                    f"momentum 0.9, {train_calls} calls per sample"}}
+    for arch in args.archs.split(","):
+        contenders = forward_contenders(arch, images)
+        forward_rows = summarize(contenders, measure(contenders, repeats, forward_calls, warmup=2, max_wait=args.max_wait))
+        print_table(forward_rows, COLUMNS, f"\n{arch} forward, batch {FORWARD_BATCH}, {FORWARD_SIZE}x{FORWARD_SIZE} "
+                                           "(items = images)")
+        if noisy_warning(forward_rows):
+            print(noisy_warning(forward_rows))
+        del contenders
+        gc.collect()
+        contenders = train_contenders(arch, train_images, train_labels)
+        train_rows = summarize(contenders, measure(contenders, repeats, train_calls, warmup=2, max_wait=args.max_wait))
+        print_table(train_rows, COLUMNS, f"\n{arch} train step, batch {TRAIN_BATCH}, {TRAIN_SIZE}x{TRAIN_SIZE} "
+                                         "(items = images)")
+        if noisy_warning(train_rows):
+            print(noisy_warning(train_rows))
+        final_losses = {c.name: c.step() for c in contenders}
+        del contenders
+        gc.collect()
+        arch_ratios = ratios(forward_rows, train_rows)
+        print(f"\n{arch} ratios (medians)")
+        print("\n".join(format_ratio(r) for r in arch_ratios), flush=True)
+        report["forward"][arch], report["train"][arch], report["ratios"][arch] = forward_rows, train_rows, arch_ratios
+        report.setdefault("final_train_losses", {})[arch] = final_losses
+    print(f"\nwrote {write_json('classification', report)}")
+
+
+if __name__ == "__main__":
+    main()

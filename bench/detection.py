@@ -1,0 +1,253 @@
+"""edh detectors against torchvision on CPU: Faster R-CNN R50-FPN (eval + train step) and one-stage detectors.
+
+Run: ``python bench/detection.py [--repeats N] [--quick] [--threads T] [--size 512]``.
+
+Faster R-CNN: edh ``resnet50 -> fpn -> faster_rcnn`` against torchvision's
+``fasterrcnn_resnet50_fpn`` built with ``min_size = max_size = 512`` (so it does not resize), both
+seeded before building; edh then loads torchvision's weights (`edh.compat.torchvision_detection`),
+so both find the same boxes and do the same post-processing work. Inputs: 2 images of 512x512 in
+[0, 1]; torchvision normalises them inside its model, edh's timed step normalises them too.
+- eval: one forward of the 2 images including post-processing (NMS), ``torch.inference_mode``; edh
+  as built, and through `edh.perf.prepare_for_inference` (channels_last + BatchNorm folded).
+- train step: forward with 3 boxes per image, the four losses, backward, SGD step (lr 0.01 momentum
+  0.9, the default torchvision trainer); BatchNorm trains in both (torchvision uses plain BatchNorm
+  when built without weights).
+
+One-stage: images/s of eval forwards at the same input: edh ``yolo`` head on R50-FPN P3-P7 with
+torchvision FCOS's head settings (4 GroupNorm convs per tower), torchvision ``fcos_resnet50_fpn`` and
+``fasterrcnn_mobilenet_v3_large_fpn``.
+
+All contenders of a group run round-robin (`common.measure`), medians reported; results also go
+to ``bench/results/detection.json``.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any, Callable
+
+import torch
+import torchvision
+from common import (Contender, apply_threads, base_parser, environment, format_ratio, measure, print_table, ratio,
+                    seed_everything, summarize, write_json)
+
+import edh
+from edh.compat.torchvision_detection import fasterrcnn_resnet50_fpn_spec, load_fasterrcnn_weights
+from edh.perf import autocast, prepare_for_inference, to_channels_last
+
+BATCH = 2
+MEAN, STD = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+COLUMNS = ["name", "items_per_s", "ms_per_step", "min_items_per_s", "max_items_per_s"]
+HEAD = "detections"
+
+
+def torchvision_detector(name: str, size: int) -> torch.nn.Module:
+    seed_everything(0)
+    builder = getattr(torchvision.models.detection, name)
+    return builder(weights=None, weights_backbone=None, num_classes=91, min_size=size, max_size=size)
+
+
+def edh_fasterrcnn(reference: torch.nn.Module) -> torch.nn.Module:
+    seed_everything(0)
+    model = edh.build(fasterrcnn_resnet50_fpn_spec(91), pretrained=False)
+    return load_fasterrcnn_weights(model, reference.state_dict())
+
+
+def edh_yolo() -> torch.nn.Module:
+    """R50-FPN P3-P7 + yolo head with torchvision FCOS's settings (GroupNorm, 4 convs, thresholds)."""
+    seed_everything(0)
+    return edh.build({"encoder": {"name": "resnet50"},
+                      "decoder": {"name": "fpn", "out_channels": 256, "levels": [2, 3, 4], "extra": "p6p7"},
+                      "heads": {HEAD: {"type": "yolo", "source": "decoder", "num_classes": 90, "num_convs": 4,
+                                       "norm": "group", "score_thresh": 0.2, "nms_thresh": 0.6}}})
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    return (images - MEAN) / STD
+
+
+def torchvision_eval(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], Any]:
+    model.eval()
+
+    def step() -> Any:
+        with torch.inference_mode():
+            return model(list(images))
+
+    return step
+
+
+def edh_eval(model: torch.nn.Module, images: torch.Tensor, channels_last: bool = False,
+             bf16: bool = False) -> Callable[[], Any]:
+    model.eval()
+    head = model.heads[HEAD]
+
+    def step() -> Any:
+        with torch.inference_mode(), autocast("cpu", enabled=bf16):
+            x = normalise(images)
+            outputs = model(to_channels_last(x) if channels_last else x)
+            return head.predict(outputs[HEAD])
+
+    return step
+
+
+def targets_for(size: int) -> dict[str, list[torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    boxes, labels = [], []
+    for _ in range(BATCH):
+        corner = torch.rand(3, 2, generator=generator) * (size - 256)
+        extent = 32 + torch.rand(3, 2, generator=generator) * 224
+        boxes.append(torch.cat([corner, corner + extent], dim=1))
+        labels.append(torch.randint(1, 91, (3,), generator=generator))
+    return {"boxes": boxes, "labels": labels}
+
+
+def torchvision_train(model: torch.nn.Module, images: torch.Tensor, targets: dict[str, Any]) -> Callable[[], float]:
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    per_image = [{"boxes": b, "labels": l} for b, l in zip(targets["boxes"], targets["labels"])]
+
+    def step() -> float:
+        loss = sum(model(list(images), per_image).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
+def edh_train(model: torch.nn.Module, images: torch.Tensor, targets: dict[str, Any],
+              channels_last: bool = False) -> Callable[[], float]:
+    model.train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    head = model.heads[HEAD]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> float:
+        x = normalise(images)
+        outputs = model(to_channels_last(x) if channels_last else x, targets=targets)
+        loss = sum(head.loss(outputs[HEAD], head.select_targets(targets, HEAD)).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
+def check_same_detections(reference: list[dict], found: list[dict], label: str) -> dict[str, Any]:
+    """How close edh's detections are to torchvision's (same weights, same images)."""
+    counts = [(len(r["boxes"]), len(f["boxes"])) for r, f in zip(reference, found)]
+    same = all(a == b for a, b in counts)
+    diff = max(((r["boxes"] - f["boxes"]).abs().max().item() for r, f in zip(reference, found)
+                if len(r["boxes"]) and len(r["boxes"]) == len(f["boxes"])), default=0.0)
+    labels = same and all(torch.equal(r["labels"], f["labels"]) for r, f in zip(reference, found))
+    print(f"{label}: detections per image {counts}, same labels and order: {labels}, max |box diff| {diff:.2e}",
+          flush=True)
+    return {"counts": counts, "same_labels": labels, "max_box_diff": diff}
+
+
+def fasterrcnn_groups(size: int, repeats: int, calls: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    seed_everything(0)
+    images = torch.rand(BATCH, 3, size, size)
+    reference = torchvision_detector("fasterrcnn_resnet50_fpn", size)
+    ours = edh_fasterrcnn(reference)
+    prepared = prepare_for_inference(ours)
+    steps = {"torchvision": torchvision_eval(reference, images), "edh eager": edh_eval(ours, images),
+             "edh prepared": edh_eval(prepared, images, channels_last=True)}
+    results = {name: step() for name, step in steps.items()}
+    checks = {name: check_same_detections(results["torchvision"], results[name], f"{name} vs torchvision")
+              for name in ("edh eager", "edh prepared")}
+    contenders = [
+        Contender("torchvision fasterrcnn_resnet50_fpn", steps["torchvision"], BATCH, {"kind": "torchvision"}),
+        Contender("edh faster_rcnn eager (as built)", steps["edh eager"], BATCH, {"kind": "edh"}),
+        Contender("edh faster_rcnn prepared (CL + BN folded)", steps["edh prepared"], BATCH, {"kind": "edh"}),
+        Contender("edh faster_rcnn prepared + bf16 autocast", edh_eval(prepared, images, True, bf16=True), BATCH,
+                  {"kind": "edh", "dtype": "bf16 autocast"}),
+    ]
+    eval_rows = summarize(contenders, measure(contenders, repeats, calls, warmup=1))
+    print_table(eval_rows, COLUMNS, f"\nFaster R-CNN R50-FPN eval forward + post-processing, batch {BATCH}, "
+                                    f"{size}x{size} (items = images)")
+    del contenders, steps, prepared, ours, reference
+    gc.collect()
+    targets = targets_for(size)
+    contenders = [
+        Contender("torchvision fasterrcnn_resnet50_fpn",
+                  torchvision_train(torchvision_detector("fasterrcnn_resnet50_fpn", size), images, targets), BATCH,
+                  {"kind": "torchvision"}),
+        Contender("edh faster_rcnn contiguous",
+                  edh_train(edh_fasterrcnn(torchvision_detector("fasterrcnn_resnet50_fpn", size)), images, targets),
+                  BATCH, {"kind": "edh"}),
+        Contender("edh faster_rcnn channels_last",
+                  edh_train(edh_fasterrcnn(torchvision_detector("fasterrcnn_resnet50_fpn", size)), images, targets,
+                            channels_last=True), BATCH, {"kind": "edh"}),
+    ]
+    train_rows = summarize(contenders, measure(contenders, repeats, 1, warmup=1))
+    print_table(train_rows, COLUMNS, f"\nFaster R-CNN R50-FPN train step (forward, 4 losses, backward, SGD), batch "
+                                     f"{BATCH}, {size}x{size} (items = images)")
+    del contenders
+    gc.collect()
+    return {"eval": eval_rows, "train": train_rows, "detection_checks": checks}, fasterrcnn_ratios(eval_rows, train_rows)
+
+
+def fasterrcnn_ratios(eval_rows: list[dict], train_rows: list[dict]) -> list[dict[str, Any]]:
+    rate = {r["name"]: r["items_per_s"] for r in eval_rows}
+    ms = {r["name"]: r["ms_per_step"] for r in eval_rows}
+    train = {r["name"]: r["ms_per_step"] for r in train_rows}
+    tv, fast = "torchvision fasterrcnn_resnet50_fpn", "edh faster_rcnn prepared (CL + BN folded)"
+    best_train_name = min((n for n in train if n.startswith("edh")), key=train.get)
+    together = (ms[tv] + train[tv]) / (ms[fast] + train[best_train_name])
+    return [
+        ratio("edh prepared / torchvision, eval forward (2 images)", rate[fast] / rate[tv], 1.2),
+        ratio(f"edh ({best_train_name.removeprefix('edh faster_rcnn ')}) / torchvision, train step",
+              train[tv] / train[best_train_name], 1.2),
+        ratio("edh / torchvision, eval forward + train step together", together, 1.2),
+        ratio("edh eager (as built) / torchvision, eval forward", rate["edh faster_rcnn eager (as built)"] / rate[tv]),
+        ratio("edh prepared + bf16 / torchvision, eval forward",
+              rate["edh faster_rcnn prepared + bf16 autocast"] / rate[tv]),
+    ]
+
+
+def one_stage_group(size: int, repeats: int, calls: int) -> list[dict[str, Any]]:
+    seed_everything(0)
+    images = torch.rand(BATCH, 3, size, size)
+    yolo = edh_yolo()
+    contenders = [
+        Contender("edh yolo (FCOS-style) R50-FPN eager", edh_eval(yolo, images), BATCH, {"kind": "edh"}),
+        Contender("edh yolo (FCOS-style) R50-FPN prepared", edh_eval(prepare_for_inference(yolo), images, True), BATCH,
+                  {"kind": "edh"}),
+        Contender("torchvision fcos_resnet50_fpn",
+                  torchvision_eval(torchvision_detector("fcos_resnet50_fpn", size), images), BATCH,
+                  {"kind": "torchvision"}),
+        Contender("torchvision fasterrcnn_mobilenet_v3_large_fpn",
+                  torchvision_eval(torchvision_detector("fasterrcnn_mobilenet_v3_large_fpn", size), images), BATCH,
+                  {"kind": "torchvision"}),
+    ]
+    rows = summarize(contenders, measure(contenders, repeats, calls, warmup=1))
+    print_table(rows, COLUMNS, f"\nOne-stage and light detectors, eval forward + post-processing, batch {BATCH}, "
+                               f"{size}x{size} (items = images)")
+    return rows
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0], repeats=5)
+    parser.add_argument("--size", type=int, default=512, help="square input side (default 512)")
+    args = parser.parse_args()
+    threads = apply_threads(args.threads)
+    repeats, calls = (2, 1) if args.quick else (args.repeats, 1)
+    env = environment()
+    print(f"torch {env['torch']}, torchvision {torchvision.__version__}, {threads} threads, {env['cpu']}; "
+          f"{repeats} round-robin repeats, medians", flush=True)
+    fasterrcnn, ratios = fasterrcnn_groups(args.size, repeats, calls)
+    print("\nFaster R-CNN ratios (medians)")
+    print("\n".join(format_ratio(r) for r in ratios), flush=True)
+    gc.collect()
+    one_stage = one_stage_group(args.size, repeats, calls)
+    report = {"environment": env, "repeats": repeats, "size": args.size, "batch": BATCH,
+              "faster_rcnn": fasterrcnn, "ratios": ratios, "one_stage": one_stage}
+    print(f"\nwrote {write_json('detection', report)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Validation / test COCO mAP reached and time taken by the detection configs, as `edh train` runs them.
+
+    python bench/detection_accuracy.py [--only yolo-scenes fasterrcnn-scenes] [--out runs/bench]
+
+Targets (issue 4) on `scenes` (64x64, 1-3 digit sprites of 16-32 px, 10 classes): the YOLO-style
+detector (``configs/detector-yolo-scenes.yaml``) reaches validation mAP@0.5 >= 0.80 within 10 minutes
+of training; Faster R-CNN (``configs/fasterrcnn-scenes.yaml``) reaches >= 0.70 within 15 minutes.
+Each run's wall time is also capped at its budget (Lightning ``max_time``), so a slow machine shows
+as a lower mAP, never as a longer run. The machine is shared, so besides wall time each row gives
+this process's CPU seconds and the cores other processes used meanwhile (from /proc/stat): CPU
+seconds / 2 cores is what the run would take alone on 2 cores. Prints a table and writes
+``bench/results/detection_accuracy.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from edh.demo import config_path
+from edh.evaluate import evaluate_run
+from edh.spec import parse_run_spec, read_yaml
+from edh.train.runner import train_run
+
+CASES = {  # name: (config, overrides, target mAP@0.5, budget seconds)
+    "yolo-scenes": ("detector-yolo-scenes.yaml", {}, 0.80, 600),
+    "fasterrcnn-scenes": ("fasterrcnn-scenes.yaml", {}, 0.70, 900),
+}
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy, all processes (from /proc/stat)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def load_spec_with(config: str, overrides: dict) -> object:
+    data = read_yaml(config_path(config))
+    for dotted, value in overrides.items():
+        node = data
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return parse_run_spec(data, config)
+
+
+def run_case(name: str, out: Path) -> dict:
+    config, overrides, target, budget = CASES[name]
+    spec = load_spec_with(config, overrides)
+    shutil.rmtree(out / name, ignore_errors=True)  # a fresh run folder, no checkpoint left from before
+    wall, cpu, busy = time.perf_counter(), own_cpu_seconds(), machine_busy_seconds()
+    stop = {"max_time": {"seconds": budget}} if budget else {}
+    run = train_run(spec, out / name, enable_progress_bar=False, **stop)
+    wall, cpu, busy = time.perf_counter() - wall, own_cpu_seconds() - cpu, machine_busy_seconds() - busy
+    head = next(iter(run.model.heads))
+    val = evaluate_run(run, "val", progress=False).metrics[head]
+    test = evaluate_run(run, "test", progress=False).metrics[head]
+    epochs = _epochs_done(out / name)
+    met = None if target is None else val["mAP@0.5"] >= target and wall <= budget * 1.05 + 60
+    return {"case": name, "config": f"configs/{config}", "overrides": overrides, "epochs_done": epochs,
+            "val_map50": round(val["mAP@0.5"], 4), "val_map": round(val["mAP"], 4),
+            "test_map50": round(test["mAP@0.5"], 4), "test_map": round(test["mAP"], 4),
+            "test_map75": round(test["mAP@0.75"], 4), "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+            "alone_on_2_cores_s": round(cpu / 2, 1), "others_cores": round(max(0.0, busy - cpu) / wall, 2),
+            "target_map50": target, "budget_s": budget, "met": met}
+
+
+def _epochs_done(run_dir: Path) -> int:
+    metrics = run_dir / "metrics.csv"
+    return max(0, len(metrics.read_text().splitlines()) - 1) if metrics.is_file() else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=sorted(CASES), default=sorted(CASES))
+    parser.add_argument("--out", default="runs/bench")
+    args = parser.parse_args()
+    rows = [run_case(name, Path(args.out)) for name in args.only]
+    header = (f"{'case':<18} {'epochs':>6} {'val mAP50':>9} {'test mAP50':>10} {'test mAP':>8} {'target':>6} "
+              f"{'wall s':>7} {'cpu/2 s':>7} {'others':>6}  met")
+    print(header)
+    for r in rows:
+        target = "" if r["target_map50"] is None else f"{r['target_map50']:.2f}"
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
+        print(f"{r['case']:<18} {r['epochs_done']:>6} {r['val_map50']:>9.4f} {r['test_map50']:>10.4f} "
+              f"{r['test_map']:>8.4f} {target:>6} {r['seconds']:>7.1f} {r['alone_on_2_cores_s']:>7.1f} "
+              f"{r['others_cores']:>6.2f}  {met}")
+    print("(others: cores other processes used on average during the run; cpu/2: this run's CPU time over 2 cores)")
+    path = Path(__file__).resolve().parent / "results" / "detection_accuracy.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Validation / test mIoU reached and time taken by the segmentation configs, as `edh train` runs them.
+
+    python bench/segmentation_accuracy.py [--only unet-resnet18 fpn-resnet18 unet-resnet34] [--out runs/bench]
+
+Target (issue 3): a U-Net with a resnet18 or resnet34 encoder on `scenes` (64x64) reaches validation
+mIoU >= 0.85 (background included) in <= 5 minutes on this machine. The machine is shared, so
+besides wall time each row gives this process's CPU seconds and the cores other processes used
+meanwhile (from /proc/stat): CPU seconds / 2 cores is what the run would take alone on 2 cores.
+Prints a table and writes bench/results/segmentation_accuracy.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from edh.demo import config_path
+from edh.evaluate import evaluate_run
+from edh.spec import parse_run_spec, read_yaml
+from edh.train.runner import train_run
+
+CASES = {  # name: (config, overrides, target mIoU, budget seconds)
+    "unet-resnet18": ("unet-scenes.yaml", {}, 0.85, 300),
+    "unet-resnet34": ("unet-scenes.yaml", {"model.encoder.name": "resnet34"}, 0.85, 300),
+    "fpn-resnet18": ("fpn-segmentation-scenes.yaml", {}, None, None),
+}
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy, all processes (from /proc/stat)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def load_spec_with(config: str, overrides: dict) -> object:
+    data = read_yaml(config_path(config))
+    for dotted, value in overrides.items():
+        node = data
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return parse_run_spec(data, config)
+
+
+def run_case(name: str, out: Path) -> dict:
+    config, overrides, target, budget = CASES[name]
+    spec = load_spec_with(config, overrides)
+    shutil.rmtree(out / name, ignore_errors=True)  # a fresh run folder, no checkpoint left from before
+    wall, cpu, busy = time.perf_counter(), own_cpu_seconds(), machine_busy_seconds()
+    run = train_run(spec, out / name, enable_progress_bar=False)
+    wall, cpu, busy = time.perf_counter() - wall, own_cpu_seconds() - cpu, machine_busy_seconds() - busy
+    val = evaluate_run(run, "val", progress=False).metrics["mask"]
+    test = evaluate_run(run, "test", progress=False).metrics["mask"]
+    met = None if target is None else val["miou"] >= target and wall <= budget
+    return {"case": name, "config": f"configs/{config}", "overrides": overrides, "val_miou": round(val["miou"], 4),
+            "test_miou": round(test["miou"], 4), "test_pixel_acc": round(test["pixel_acc"], 4),
+            "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "alone_on_2_cores_s": round(cpu / 2, 1),
+            "others_cores": round(max(0.0, busy - cpu) / wall, 2), "target_miou": target, "budget_s": budget,
+            "met": met}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=sorted(CASES), default=["unet-resnet18"])
+    parser.add_argument("--out", default="runs/bench")
+    args = parser.parse_args()
+    rows = [run_case(name, Path(args.out)) for name in args.only]
+    header = f"{'case':<14} {'val mIoU':>8} {'test mIoU':>9} {'target':>6} {'wall s':>7} {'cpu/2 s':>7} {'others':>6}  met"
+    print(header)
+    for r in rows:
+        target = "" if r["target_miou"] is None else f"{r['target_miou']:.2f}"
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
+        print(f"{r['case']:<14} {r['val_miou']:>8.4f} {r['test_miou']:>9.4f} {target:>6} {r['seconds']:>7.1f} "
+              f"{r['alone_on_2_cores_s']:>7.1f} {r['others_cores']:>6.2f}  {met}")
+    print("(others: cores other processes used on average during the run; cpu/2: this run's CPU time over 2 cores)")
+    path = Path(__file__).resolve().parent / "results" / "segmentation_accuracy.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""edh's Transformer translator against Hugging Face transformers' MarianMTModel of the same size.
+
+Run: ``python bench/translation.py [--repeats N] [--quick] [--threads T]`` (needs ``pip install transformers``,
+the ``bench`` extra; no weights are downloaded: both models are built from a config with random,
+seeded weights, in one process).
+
+Both models: vocabulary 8,000 (shared, tied embeddings), d_model 256, 3 + 3 layers, 4 heads, FFN 1024,
+ReLU, post-LN (Marian's layout), sinusoidal positions, embeddings scaled by sqrt(d_model), dropout 0.1
+on sub-layer outputs only.
+
+- greedy: batch 8 sources of 20-32 tokens (right-padded), exactly 64 new tokens each (eos forbidden
+  until then: HF ``min_new_tokens=64``, edh ``min_new_tokens=64``), HF ``generate`` with its cache vs
+  edh ``generate`` (preallocated KV cache); tokens/s = 8 x 64 / seconds.
+- beam: the same with 4 beams (length penalty 1.0); tokens/s counts the 8 x 64 returned tokens.
+- train step: batch 32, 32 source + 32 target tokens, forward + cross-entropy + backward + AdamW,
+  train mode; tokens/s counts target tokens.
+
+Contenders of a group run round-robin (``common.measure``); medians reported, results also in
+``bench/results/translation.json``.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from common import (Contender, apply_threads, base_parser, environment, format_ratio, measure, noisy_warning,
+                    print_table, ratio, seed_everything, summarize, write_json)
+
+import edh
+from edh.ops.generation import generate
+
+VOCAB, D_MODEL, LAYERS, HEADS, FFN = 8000, 256, 3, 4, 1024
+PAD, BOS, EOS = 0, 1, 2
+GEN_BATCH, NEW_TOKENS, BEAMS = 8, 64, 4
+TRAIN_BATCH, TRAIN_LEN = 32, 32
+COLUMNS = ["name", "items_per_s", "ms_per_step", "best_items_per_s", "quiet_samples"]
+
+
+def build_edh() -> edh.Model:
+    seed_everything(0)
+    size = {"vocab_size": VOCAB, "d_model": D_MODEL, "num_layers": LAYERS, "num_heads": HEADS, "ffn_dim": FFN,
+            "dropout": 0.1, "activation": "relu", "norm_first": False, "pad_id": PAD}
+    return edh.build(encoder={"name": "transformer", **size},
+                     decoder={"name": "transformer", **size, "bos_id": BOS, "eos_id": EOS},
+                     heads={"tokens": {"type": "lm", "source": "decoder", "vocab_size": VOCAB, "pad_id": PAD,
+                                       "label_smoothing": 0.0}})
+
+
+def build_marian():
+    from transformers import MarianConfig, MarianMTModel
+
+    seed_everything(0)
+    config = MarianConfig(
+        vocab_size=VOCAB, d_model=D_MODEL, encoder_layers=LAYERS, decoder_layers=LAYERS,
+        encoder_attention_heads=HEADS, decoder_attention_heads=HEADS, encoder_ffn_dim=FFN, decoder_ffn_dim=FFN,
+        activation_function="relu", scale_embedding=True, dropout=0.1, attention_dropout=0.0, activation_dropout=0.0,
+        max_position_embeddings=512, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS,
+        decoder_start_token_id=BOS, forced_eos_token_id=None, share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True)
+    return MarianMTModel(config)
+
+
+def sources(batch: int, longest: int, shortest: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random source ids ``(B, longest)`` right-padded to lengths in ``shortest..longest``, and the mask."""
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(4, VOCAB, (batch, longest), generator=generator)
+    lengths = torch.linspace(longest, shortest, batch).round().long()
+    mask = torch.arange(longest)[None, :] < lengths[:, None]
+    ids[:, -1] = torch.where(lengths == longest, torch.tensor(EOS), ids[:, -1])
+    return ids.masked_fill(~mask, PAD), mask.long()
+
+
+def edh_generate(model, src: torch.Tensor, beams: int) -> Callable[[], Any]:
+    def step() -> Any:
+        return generate(model, src, beam_size=beams, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                        length_penalty=1.0).tokens
+
+    return step
+
+
+def hf_generate(model, src: torch.Tensor, mask: torch.Tensor, beams: int) -> Callable[[], Any]:
+    def step() -> Any:
+        with torch.inference_mode():
+            return model.generate(input_ids=src, attention_mask=mask, max_new_tokens=NEW_TOKENS,
+                                  min_new_tokens=NEW_TOKENS, num_beams=beams, do_sample=False, use_cache=True,
+                                  length_penalty=1.0, early_stopping=False)
+
+    return step
+
+
+def edh_train_step(model, src, tgt_in, labels) -> Callable[[], float]:
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> float:
+        outputs = model(src, decoder_input=tgt_in)
+        loss = model.heads["tokens"].loss(outputs["tokens"], labels)["ce"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
+def hf_train_step(model, src, mask, tgt_in, labels) -> Callable[[], float]:
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    hf_labels = labels.masked_fill(labels == PAD, -100)
+
+    def step() -> float:
+        loss = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt_in, labels=hf_labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
+def check_same_size(edh_model, marian) -> dict[str, int]:
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731 - shared weights counted once
+    counts = {"edh": count(edh_model), "marian": count(marian)}
+    print(f"parameters: edh {counts['edh']:,}  marian {counts['marian']:,} (marian adds a final_logits_bias "
+          "buffer and learned-free sinusoidal tables)", flush=True)
+    return counts
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    args = parser.parse_args()
+    threads = apply_threads(args.threads)
+    repeats = 2 if args.quick else args.repeats
+    env = environment()
+    print(f"torch {env['torch']}, {threads} threads, {env['cpu']}; {repeats} round-robin repeats, medians",
+          flush=True)
+    import transformers
+
+    env["transformers"] = transformers.__version__
+    edh_model, marian = build_edh().eval(), build_marian().eval()
+    counts = check_same_size(edh_model, marian)
+    src, mask = sources(GEN_BATCH, 32, 20)
+    report: dict[str, Any] = {"environment": env, "repeats": repeats, "parameters": counts, "groups": {}}
+    groups = {
+        "greedy": [Contender("hf MarianMTModel.generate greedy (cache)", hf_generate(marian, src, mask, 1),
+                             GEN_BATCH * NEW_TOKENS),
+                   Contender("edh generate greedy (KV cache)", edh_generate(edh_model, src, 1), GEN_BATCH * NEW_TOKENS)],
+        "beam": [Contender(f"hf MarianMTModel.generate beam {BEAMS} (cache)", hf_generate(marian, src, mask, BEAMS),
+                           GEN_BATCH * NEW_TOKENS),
+                 Contender(f"edh generate beam {BEAMS} (KV cache)", edh_generate(edh_model, src, BEAMS),
+                           GEN_BATCH * NEW_TOKENS)],
+    }
+    train_src, train_mask = sources(TRAIN_BATCH, TRAIN_LEN, TRAIN_LEN // 2)
+    target = torch.randint(4, VOCAB, (TRAIN_BATCH, TRAIN_LEN + 1), generator=torch.Generator().manual_seed(2))
+    target[:, 0] = BOS
+    tgt_in, labels = target[:, :-1], target[:, 1:]
+    train_items = TRAIN_BATCH * TRAIN_LEN
+    results: dict[str, dict[str, float]] = {}
+    for group, contenders in groups.items():
+        rows = summarize(contenders, measure(contenders, repeats, calls=1, warmup=1))
+        print_table(rows, COLUMNS, f"\n{group}: batch {GEN_BATCH}, {NEW_TOKENS} new tokens (items = tokens)")
+        if noisy_warning(rows):
+            print(noisy_warning(rows))
+        report["groups"][group] = rows
+        results[group] = {r["name"].split()[0]: (r["items_per_s"], r["best_items_per_s"]) for r in rows}
+    del groups
+    gc.collect()
+    edh_train, marian_train = build_edh(), build_marian()
+    contenders = [Contender("hf MarianMTModel train step", hf_train_step(marian_train, train_src, train_mask, tgt_in,
+                                                                         labels), train_items),
+                  Contender("edh train step", edh_train_step(edh_train, train_src, tgt_in, labels), train_items)]
+    rows = summarize(contenders, measure(contenders, repeats, calls=2, warmup=2))
+    print_table(rows, COLUMNS, f"\ntrain step: batch {TRAIN_BATCH}, {TRAIN_LEN}+{TRAIN_LEN} tokens, AdamW "
+                               "(items = target tokens)")
+    if noisy_warning(rows):
+        print(noisy_warning(rows))
+    report["groups"]["train"] = rows
+    results["train"] = {r["name"].split()[0]: (r["items_per_s"], r["best_items_per_s"]) for r in rows}
+    targets = {"greedy": 2.0, "beam": 1.5, "train": 1.0}
+    report["ratios"] = [ratio(f"edh / hf, {group}", results[group]["edh"][0] / results[group]["hf"][0],
+                              targets[group], results[group]["edh"][1] / results[group]["hf"][1])
+                        for group in ("greedy", "beam", "train")]
+    print("\nratios (medians)")
+    print("\n".join(format_ratio(r) for r in report["ratios"]), flush=True)
+    print(f"\nwrote {write_json('translation', report)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+NAME = "finetune"
+HELP = "train a new run from a trained one after head surgery, keeping encoder/decoder (and fitting head) weights"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("run_dir", metavar="RUNDIR", help="the trained run to start from")
+    parser.add_argument("--spec", help="a run spec whose data/train/trainer sections replace the run's "
+                                       "(its model section is ignored: the model is the run's, after surgery)")
+    parser.add_argument("--replace-head", action="append", default=[], metavar="NAME:TYPE[:k=v,...]",
+                        help="swap head NAME, e.g. label:classification:num_classes=5")
+    parser.add_argument("--add-head", action="append", default=[], metavar="NAME:TYPE[:k=v,...]",
+                        help="add a head, e.g. count:regression:source=encoder")
+    parser.add_argument("--remove-head", action="append", default=[], metavar="NAME")
+    parser.add_argument("--freeze", nargs="*", help="roles to freeze (encoder, decoder, heads.NAME)")
+    parser.add_argument("--lr", help="one learning rate, or per role: encoder=1e-4,heads=1e-3")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--out", required=True, help="the new run folder")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it holds a run")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from edh.run import CKPT_FILE, load_run
+    from edh.spec import RunSpec, SpecError, load_spec, parse_run_spec, to_dict
+    from edh.surgery import parse_head_option
+
+    source = load_run(args.run_dir)
+    spec = to_dict(source.spec)
+    if args.spec:
+        other = load_spec(args.spec)
+        if not isinstance(other, RunSpec):
+            raise SpecError(f"{args.spec} is a model spec; --spec needs a run spec (data:, train:, trainer:)")
+        other = to_dict(other)
+        spec.update({k: other[k] for k in ("data", "train", "trainer")})
+    heads = spec["model"]["heads"]
+    for text in args.replace_head:
+        name, options = parse_head_option(text)
+        if name not in heads:
+            raise SpecError(f"--replace-head {text}: the run has no head {name!r} (heads: {', '.join(heads)}); "
+                            "use --add-head to add one")
+        keep = {k: heads[name][k] for k in ("source", "weight", "target") if k in heads[name]}
+        heads[name] = {**keep, **options}
+    for text in args.add_head:
+        name, options = parse_head_option(text)
+        if name in heads:
+            raise SpecError(f"--add-head {text}: head {name!r} exists; use --replace-head")
+        heads[name] = options
+    for name in args.remove_head:
+        if heads.pop(name, None) is None:
+            raise SpecError(f"--remove-head {name}: no such head (heads: {', '.join(heads)})")
+    if args.freeze is not None:
+        spec["train"]["freeze"] = args.freeze
+    if args.lr:
+        spec["train"]["lr"] = _parse_lr(args.lr)
+    if args.epochs:
+        spec["train"]["epochs"] = args.epochs
+    new_spec = parse_run_spec(spec, "finetune options")
+    out = Path(args.out)
+    if (out / CKPT_FILE).exists() and not args.force:
+        raise FileExistsError(f"{out} already holds a run; pick another --out or pass --force")
+    from edh.train.runner import train_run
+
+    result = train_run(new_spec, out, init_from=source.model)
+    print(f"run folder: {result.path}")
+    return 0
+
+
+def _parse_lr(text: str):
+    if "=" not in text:
+        return float(text)
+    rates = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        rates[key.strip()] = float(value)
+    return rates

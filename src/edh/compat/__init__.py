@@ -1,0 +1,1 @@
+"""Converters between edh models and other libraries' weights (torchvision detection...)."""

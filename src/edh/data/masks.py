@@ -1,0 +1,191 @@
+"""``image-masks``: a user's segmentation data, an images folder and a masks folder.
+
+Layout: ``root/images/<name>.<png|jpg|...>`` and ``root/masks/<name>.png`` (same file stem). A
+mask holds one class index per pixel: a grayscale (``L``, 16-bit) or palette (``P``) PNG, read as
+indices, never as colours. Every mask is checked when the dataset is built: a mask missing for
+an image, a mask whose size differs from its image, an RGB mask, or a class id outside
+``0..num_classes-1`` (other than ``ignore_index``) is an error naming the file.
+
+Items: ``(image (C, H, W) float normalised, {"mask": (H, W) int64})``, resized to ``image_size``
+(the mask with nearest-neighbour sampling).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from edh.data.base import DataBundle, DataFilesMissingError, DataInfo, split_indices
+from edh.registry import register_dataset
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class MaskReadError(ValueError):
+    """A mask that cannot be used; the message names the file and the fix."""
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A mask file as an ``(H, W)`` int64 array of class indices (palette PNGs give their indices)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as mask:
+            mask.load()
+            if mask.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA", "PA"):
+                raise MaskReadError(
+                    f"mask {path} is a {mask.mode} image; a mask must hold one class index per pixel. Save it as "
+                    "a grayscale (mode L) or palette (mode P) PNG whose pixel values are class ids 0, 1, 2..."
+                )
+            return np.asarray(mask).astype(np.int64)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise MaskReadError(f"cannot read mask {path}: {error}. Is it a complete PNG file?") from None
+
+
+def image_size_of(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file from its header."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.height, image.width
+
+
+def pair_files(root: Path, images: str = "images", masks: str = "masks") -> list[tuple[Path, Path]]:
+    """``(image, mask)`` pairs matched by file stem; a missing folder or mask is an error naming it."""
+    image_dir, mask_dir = root / images, root / masks
+    for folder, what in ((image_dir, "images"), (mask_dir, "masks")):
+        if not folder.is_dir():
+            raise DataFilesMissingError(
+                f"{what} folder {folder} does not exist; image-masks expects {root}/{images}/NAME.png|jpg and "
+                f"{root}/{masks}/NAME.png with the same NAME"
+            )
+    image_files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not image_files:
+        raise DataFilesMissingError(f"{image_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    mask_files = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
+    missing = [p.name for p in image_files if p.stem not in mask_files]
+    if missing:
+        raise DataFilesMissingError(
+            f"{len(missing)} image(s) have no mask in {mask_dir}: {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''}. Each image NAME.ext needs a mask {mask_dir}/NAME.png"
+        )
+    return [(p, mask_files[p.stem]) for p in image_files]
+
+
+def check_masks(pairs: list[tuple[Path, Path]], num_classes: int | None, ignore_index: int | None) -> int:
+    """Check every mask against its image and the class range; returns the number of classes.
+
+    With ``num_classes`` unset, it is the largest id found (``ignore_index`` aside) plus one.
+    """
+    largest = 0
+    for image_path, mask_path in pairs:
+        mask = read_mask(mask_path)
+        size = image_size_of(image_path)
+        if mask.shape != size:
+            raise MaskReadError(
+                f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {image_path} is "
+                f"{size[1]}x{size[0]}; a mask must have exactly its image's size"
+            )
+        ids = np.unique(mask)
+        if ignore_index is not None:
+            ids = ids[ids != ignore_index]
+        if ids.size and ids.min() < 0:
+            raise MaskReadError(f"mask {mask_path} holds negative class ids {ids[ids < 0][:5].tolist()}")
+        if num_classes is not None and ids.size and ids.max() >= num_classes:
+            bad = ids[ids >= num_classes][:5].tolist()
+            hint = "" if ignore_index is not None else " (or set data.ignore_index for a 'void' value such as 255)"
+            raise MaskReadError(
+                f"mask {mask_path} holds class id(s) {bad}, outside 0..{num_classes - 1} (data.num_classes is "
+                f"{num_classes}). Fix the mask or raise data.num_classes{hint}"
+            )
+        largest = max(largest, int(ids.max()) if ids.size else 0)
+    return num_classes if num_classes is not None else largest + 1
+
+
+class ImageMaskDataset(Dataset):
+    """Image files with their masks, transformed jointly (resize; the mask nearest-neighbour).
+
+    Args:
+        pairs: ``(image path, mask path)``.
+        in_channels: channels the images are read as (1, 3 or 4).
+        transform: a torchvision ``v2`` transform taking ``(tv_tensors.Image, tv_tensors.Mask)``.
+    """
+
+    def __init__(self, pairs: list[tuple[Path, Path]], in_channels: int, transform) -> None:
+        self.pairs, self.in_channels, self.transform = pairs, in_channels, transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from torchvision import tv_tensors
+
+        from edh.data.files import read_image
+
+        image_path, mask_path = self.pairs[index]
+        image = tv_tensors.Image(read_image(image_path, self.in_channels))
+        mask = tv_tensors.Mask(torch.from_numpy(read_mask(mask_path)))
+        image, mask = self.transform(image, mask)
+        return image.as_subclass(torch.Tensor), {"mask": mask.as_subclass(torch.Tensor).long()}
+
+
+def joint_transform(image_size: int | None, mean: tuple[float, ...], std: tuple[float, ...], augment: str):
+    """Resize (images bilinear, masks nearest), optional flip (``flip``), normalise the image."""
+    from torchvision.transforms import v2
+
+    if augment not in ("none", "flip"):
+        raise ValueError(f"data.augment must be none or flip for image-masks, got {augment!r}")
+    steps: list = []
+    if image_size:
+        steps.append(v2.Resize((image_size, image_size), antialias=True))
+    if augment == "flip":
+        steps.append(v2.RandomHorizontalFlip())
+    steps.append(v2.Normalize(list(mean), list(std)))
+    return v2.Compose(steps)
+
+
+@register_dataset("image-masks")
+def image_masks(root: str, images: str = "images", masks: str = "masks", num_classes: int | None = None,
+                class_names: list[str] | None = None, ignore_index: int | None = None, image_size: int | None = 256,
+                in_channels: int = 3, val_fraction: float = 0.1, test_fraction: float = 0.1, augment: str = "flip",
+                mean: list[float] | None = None, std: list[float] | None = None, seed: int = 0) -> DataBundle:
+    """A user's images with per-pixel class masks (see the module docstring for the layout).
+
+    Args:
+        root: folder holding the ``images`` and ``masks`` sub-folders.
+        images, masks: names of those sub-folders.
+        num_classes: classes including background (0); default: the largest id in any mask + 1.
+        class_names: a name per class (default ``"0", "1", ...``).
+        ignore_index: a mask value that marks pixels to leave out of loss and metrics (e.g. 255).
+        image_size: side images and masks are resized to (``None``: keep; all images must then match).
+        in_channels: 1 (grayscale), 3 (RGB) or 4 (RGBA).
+        augment: ``flip`` (random horizontal flip of image and mask) or ``none``.
+        mean, std: normalisation (default: ImageNet's for RGB, 0.5 / 0.5 otherwise).
+    """
+    if class_names is not None:
+        if num_classes is not None and len(class_names) != num_classes:
+            raise ValueError(f"data.class_names has {len(class_names)} names but data.num_classes is {num_classes}")
+        num_classes = len(class_names)
+    pairs = pair_files(Path(root), images, masks)
+    num_classes = check_masks(pairs, num_classes, ignore_index)
+    names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+    default_mean = {3: (0.485, 0.456, 0.406)}.get(in_channels, (0.5,) * in_channels)
+    default_std = {3: (0.229, 0.224, 0.225)}.get(in_channels, (0.5,) * in_channels)
+    mean_t, std_t = tuple(mean or default_mean), tuple(std or default_std)
+    size = (image_size, image_size) if image_size else None
+    mask_defaults = {"num_classes": num_classes, "class_names": names}
+    if ignore_index is not None:
+        mask_defaults["ignore_index"] = ignore_index
+    info = DataInfo("image", in_channels, size, mean_t, std_t, [], {"mask": "segmentation"},
+                    {"dataset": "image-masks", "mask_class_names": names, "head_defaults": {"mask": mask_defaults}})
+    train_idx, val_idx, test_idx = split_indices(len(pairs), val_fraction, test_fraction, seed)
+    train_tf = joint_transform(image_size, mean_t, std_t, augment)
+    eval_tf = joint_transform(image_size, mean_t, std_t, "none")
+    pick = lambda idx: [pairs[i] for i in idx]  # noqa: E731
+    return DataBundle(ImageMaskDataset(pick(train_idx), in_channels, train_tf),
+                      ImageMaskDataset(pick(val_idx), in_channels, eval_tf),
+                      ImageMaskDataset(pick(test_idx), in_channels, eval_tf), info)

@@ -1,0 +1,245 @@
+"""A run folder -> ONNX files, checked against eager PyTorch; and a run backed by onnxruntime.
+
+Families:
+
+- image models (classifier, U-Net, autoencoder / VAE, YOLO-style detector, multi-task): one graph
+  ``images (B, C, H, W) -> every head's raw outputs`` (`export_image_run`); with ``nms`` the
+  detection heads' post-processing is in the graph too (`edh.export.detection`).
+- translators (step-wise decoder + ``lm`` head): an encoder graph and a decoder-step graph with
+  its KV cache (`edh.export.translation`).
+
+Every export folds BatchNorm into the preceding convs (`edh.perf.fold_batchnorm`), keeps only
+the chosen heads (`Model.remove_heads`), and is checked with onnxruntime against the run's own
+eager model at another batch size than the traced one.
+
+Example:
+    >>> report = export_run("runs/digits", heads=["label"])
+    >>> report.lines()
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edh.export.onnx import (DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, OnnxGraph, OutputCheck, check_graph,
+                             export_graph)
+from edh.run import Run, load_run
+from edh.version import __version__
+
+log = logging.getLogger("edh")
+
+ONNX_FILE = "model.onnx"
+TRACE_BATCH, CHECK_BATCH = 2, 3  # traced at one batch size, checked at another (the batch axis is dynamic)
+
+
+@dataclass
+class ExportReport:
+    """Files written and, per file, each output's difference to eager PyTorch.
+
+    Attributes:
+        files: the ONNX files, main graph first.
+        checks: file name -> one `OutputCheck` per output.
+        notes: what else the exporter did or measured (folded BatchNorms, detection agreement...).
+    """
+
+    files: list[Path]
+    checks: dict[str, list[OutputCheck]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((c.max_abs_diff for checks in self.checks.values() for c in checks), default=0.0)
+
+    def lines(self) -> list[str]:
+        out = []
+        for path in self.files:
+            checks = self.checks.get(path.name, [])
+            out.append(f"wrote {path}")
+            for check in checks:
+                out.append(f"  {check.name:<32} {str(check.shape):<20} max abs diff vs eager {check.max_abs_diff:.3g}")
+        out += self.notes
+        out.append(f"max abs diff vs eager PyTorch (onnxruntime, batch {CHECK_BATCH}): {self.max_abs_diff:.3g}")
+        return out
+
+
+def count_batchnorm(module: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def prepare_model(model: nn.Module, heads: list[str] | None = None, fold_bn: bool = True) -> nn.Module:
+    """A copy of ``model`` for export: eval mode, only ``heads`` kept, BatchNorm folded into convs."""
+    from edh.perf import fold_batchnorm
+
+    prepared = copy.deepcopy(model).eval()
+    if heads:
+        prepared.remove_heads(list(heads))
+    return fold_batchnorm(prepared) if fold_bn else prepared
+
+
+def sample_images(run: Run, count: int, size: tuple[int, int], offset: int = 0) -> torch.Tensor:
+    """``count`` test images of the run's data ``(count, C, H, W)`` (so detection heads see objects),
+    or standard-normal images when the data cannot be rebuilt here."""
+    try:
+        from edh.data.base import build_data
+
+        bundle = build_data(run.spec.data.name, run.spec.data.options(), run.spec.data.seed)
+        split = bundle.test if len(bundle.test) >= offset + count else bundle.train
+        images = torch.stack([split[offset + i][0] for i in range(count)]).float()
+        if tuple(images.shape[-2:]) == tuple(size) and images.shape[1] == run.info.in_channels:
+            return images
+    except Exception as error:  # noqa: BLE001 - any failure means "use random inputs"
+        log.debug("export: using random inputs (%s: %s)", type(error).__name__, error)
+    generator = torch.Generator().manual_seed(offset)
+    return torch.randn(count, run.info.in_channels, *size, generator=generator)
+
+
+def image_size_of(run: Run, input_size: tuple[int, int] | None) -> tuple[int, int]:
+    if input_size is not None:
+        return tuple(input_size)
+    if run.info.image_size:
+        return tuple(run.info.image_size)
+    raise ExportError(f"{run.path}: the run keeps each image's own size; give the size to export for with "
+                      "--input-size H W")
+
+
+def export_image_run(run: Run, out: Path, heads: list[str] | None = None, opset: int = DEFAULT_OPSET,
+                     tolerance: float = DEFAULT_TOLERANCE, fold_bn: bool = True, nms: bool = False,
+                     input_size: tuple[int, int] | None = None) -> ExportReport:
+    """``images (B, C, H, W) -> outputs`` of every kept head (or the decoder), as one ONNX graph."""
+    size = image_size_of(run, input_size)
+    model = prepare_model(run.model, heads, fold_bn)
+    reference = copy.deepcopy(run.model).eval()
+    if heads:
+        reference.remove_heads(list(heads))
+    folded = count_batchnorm(reference) - count_batchnorm(model)
+    example, probe = sample_images(run, TRACE_BATCH, size), sample_images(run, CHECK_BATCH, size, TRACE_BATCH)
+    metadata = {"edh_version": __version__, "kind": "image", "input_size": list(size),
+                "in_channels": run.info.in_channels, "heads": list(model.heads), "nms": nms, "fold_bn": fold_bn}
+    notes = [f"BatchNorm folded: {folded} of {count_batchnorm(reference)} layers" if fold_bn else "BatchNorm kept"]
+    from edh.export.detection import is_batched, is_detection
+
+    unbatched = [n for n, h in model.heads.items() if is_detection(h) and not is_batched(h)]
+    if unbatched and not nms:
+        notes.append(f"{', '.join(unbatched)}: exported with post-processing in the graph (as --nms): its raw "
+                     "outputs are per-image proposal lists")
+        nms = True
+    if nms:
+        from edh.export.detection import export_with_nms
+
+        return export_with_nms(run, model, reference, example, probe, out, opset, tolerance, metadata, notes)
+    export_graph(model, (example,), out, ["images"], opset, probe=(probe,), metadata=metadata)
+    checks = check_graph(out, reference, (probe,), tolerance)
+    return ExportReport([out], {out.name: checks}, notes)
+
+
+def export_run(run: Run | str | Path, out: str | Path | None = None, heads: list[str] | None = None,
+               opset: int = DEFAULT_OPSET, tolerance: float = DEFAULT_TOLERANCE, fold_bn: bool = True,
+               nms: bool = False, input_size: tuple[int, int] | None = None) -> ExportReport:
+    """Export a run folder's model to ONNX and check it against eager PyTorch with onnxruntime.
+
+    Args:
+        run: a run folder or a loaded `Run`.
+        out: the ONNX file (default ``RUNDIR/model.onnx``; a translator also writes
+            ``<stem>.decoder_step.onnx`` beside it).
+        heads: keep only these heads (default: all).
+        opset: ONNX opset version.
+        tolerance: the largest allowed ``max abs diff / max(1, max |eager value|)`` per output.
+        fold_bn: fold BatchNorm into the preceding convs.
+        nms: put the detection heads' score filtering and NMS in the graph (detectors only).
+        input_size: ``(H, W)`` to export for, when the run keeps each image's own size.
+
+    Raises:
+        ExportCheckError: an output differs from eager PyTorch by more than ``tolerance``.
+    """
+    from edh.export.onnx import require_onnx
+    from edh.ops.generation import is_seq2seq
+
+    require_onnx()
+    run = run if isinstance(run, Run) else load_run(run)
+    out = Path(out) if out else Path(run.path) / ONNX_FILE
+    if out.suffix != ".onnx":
+        raise ExportError(f"--out {out} must end in .onnx")
+    if is_seq2seq(run.model):
+        from edh.export.translation import export_translator
+
+        return export_translator(run, out, heads, opset, tolerance)
+    if run.info.input_kind != "image":
+        raise ExportError(f"{run.path}: exporting {run.info.input_kind!r} runs is not supported (image models and "
+                          "translators are)")
+    return export_image_run(run, out, heads, opset, tolerance, fold_bn, nms, input_size)
+
+
+class OnnxImageModel(nn.Module):
+    """Stands in for a run's `Model` in ``predict``: onnxruntime computes the heads' raw outputs, the
+    run's eager heads post-process them (``heads``, ``head_specs`` as in `Model`).
+
+    Args:
+        graph: the exported image graph.
+        model: the run's model (only its heads are kept, for ``predict`` and formatting).
+    """
+
+    def __init__(self, graph: OnnxGraph, model: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+        exported = graph.metadata.get("heads", [])
+        self.nms_heads = list(graph.metadata.get("nms_heads", []))
+        self.heads = nn.ModuleDict({n: h for n, h in model.heads.items() if n in exported})
+        if self.nms_heads:
+            from edh.export.detection import GraphDetections
+
+            for name in self.nms_heads:
+                self.heads[name] = GraphDetections(self.heads[name])
+        self.head_specs = {n: model.head_specs[n] for n in self.heads}
+        self.decoder = None
+
+    def remove_heads(self, keep: list[str]) -> "OnnxImageModel":
+        unknown = [k for k in keep if k not in self.heads]
+        if unknown:
+            raise ExportError(f"{self.graph.path} has no head named {', '.join(unknown)}; it holds "
+                              f"{', '.join(self.heads)} (export it again with --heads)")
+        for name in list(self.heads):
+            if name not in keep:
+                del self.heads[name]
+                del self.head_specs[name]
+        return self
+
+    def forward(self, images: torch.Tensor, **context: Any) -> dict[str, Any]:
+        expected = tuple(self.graph.metadata["input_size"])
+        if tuple(images.shape[-2:]) != expected:
+            raise ExportError(f"{self.graph.path} was exported for {expected[0]}x{expected[1]} images, got "
+                              f"{images.shape[-2]}x{images.shape[-1]}; export again with --input-size")
+        if self.nms_heads:
+            from edh.export.detection import run_with_postprocess
+
+            heads = {n: (h.head if n in self.nms_heads else h) for n, h in self.heads.items()}
+            outputs = run_with_postprocess(self.graph, images, heads)
+        else:
+            outputs = self.graph(images)
+        return {name: outputs[name] for name in self.heads}
+
+
+def onnx_run(run: Run, path: str | Path | None = None) -> Run:
+    """The same run with its model replaced by onnxruntime over the exported graph(s) (``edh predict
+    --backend onnxruntime``); ``path`` defaults to ``RUNDIR/model.onnx``."""
+    from edh.export.onnx import require_onnx
+    from edh.ops.generation import is_seq2seq
+
+    require_onnx()
+    path = Path(path) if path else Path(run.path) / ONNX_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; export the run first: edh export {run.path} --format onnx")
+    if is_seq2seq(run.model):
+        from edh.export.translation import OnnxSeq2Seq
+
+        return Run(run.path, OnnxSeq2Seq.load(path, run.model), run.spec, run.info)
+    graph = OnnxGraph(path)
+    if graph.metadata.get("kind") != "image":
+        raise ExportError(f"{path} is a {graph.metadata.get('kind')!r} graph, not an image model's")
+    return Run(run.path, OnnxImageModel(graph, run.model), run.spec, run.info)

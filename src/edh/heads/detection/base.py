@@ -1,0 +1,168 @@
+"""What every detection head shares: targets, COCO mAP, printed / drawn / JSON predictions.
+
+Class ids follow torchvision: object classes are ``1..num_classes`` and 0 is background
+(``class_names[k - 1]`` names class ``k``), as edh's ``scenes`` and ``coco`` data give them.
+A detection head learns from the batch's ``boxes`` (per image ``(N, 4)`` float x1, y1, x2, y2 in
+input pixels) and ``labels`` (per image ``(N,)`` int64) targets.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edh.features import FeatureSpec
+from edh.heads.base import Head
+from edh.ops.boxes import DetectionTargets, check_targets, split_targets, to_xywh
+
+Detections = list[dict[str, torch.Tensor]]  # per image: boxes (D, 4), scores (D,), labels (D,)
+
+
+class DetectionHead(Head):
+    """Base of the detection heads: target handling, metrics and prediction output.
+
+    Args:
+        num_classes: object classes, background not counted (labels are ``1..num_classes``).
+        class_names: a name per object class (``class_names[k - 1]`` for label ``k``).
+        category_ids: the dataset's category id per class (COCO ids), used in the results JSON.
+        score_thresh: detections scoring at most this are dropped by ``predict``.
+        nms_thresh: IoU above which class-wise NMS drops the lower-scoring box.
+        max_detections: detections kept per image.
+    """
+
+    accepts = ("pyramid",)
+    task = "detection"
+
+    def __init__(self, in_spec: FeatureSpec, num_classes: int, class_names: list[str] | None = None,
+                 category_ids: list[int] | None = None, score_thresh: float = 0.05, nms_thresh: float = 0.5,
+                 max_detections: int = 100) -> None:
+        super().__init__(in_spec)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1 (object classes, background not counted), got "
+                             f"{num_classes}")
+        for name, given in (("class_names", class_names), ("category_ids", category_ids)):
+            if given is not None and len(given) != num_classes:
+                raise ValueError(f"{name} has {len(given)} entries but num_classes is {num_classes}; give one "
+                                 "per object class (background not included)")
+        if not 0 <= nms_thresh <= 1:
+            raise ValueError(f"nms_thresh is an IoU in [0, 1], got {nms_thresh}")
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(1, num_classes + 1)]
+        self.category_ids = list(category_ids) if category_ids else list(range(1, num_classes + 1))
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.max_detections = max_detections
+
+    # ---- targets -------------------------------------------------------------------------------
+    def select_targets(self, targets: dict[str, Any], key: str) -> DetectionTargets:
+        """Per-image ``{"boxes", "labels"}`` from the batch: ``targets[key]`` when it holds such a
+        list (torchvision's layout), else the batch's ``boxes`` and ``labels`` entries."""
+        if key in targets and isinstance(targets[key], (list, tuple)) and targets[key] \
+                and isinstance(targets[key][0], dict):
+            return list(targets[key])
+        return split_targets(targets)
+
+    def _training_targets(self, context: dict[str, Any], batch_size: int) -> DetectionTargets | None:
+        """Checked targets from the forward context while training (None in eval)."""
+        if not self.training:
+            return None
+        if context.get("targets") is None:
+            raise ValueError(f"{type(self).__name__} is in training mode but got no targets; call "
+                             "model(images, targets={'boxes': [...], 'labels': [...]}) or model.eval() to predict")
+        return self._checked(self.select_targets(context["targets"], ""), batch_size)
+
+    def _checked(self, targets: DetectionTargets, batch_size: int) -> DetectionTargets:
+        return check_targets(targets, self.num_classes, batch_size, type(self).__name__)
+
+    # ---- metrics ---------------------------------------------------------------------------------
+    def make_metrics(self, stage: str = "val"):
+        """COCO mAP (torchmetrics' MeanAveragePrecision, pycocotools backend); per class in ``test``."""
+        from torchmetrics.detection import MeanAveragePrecision
+
+        return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=stage == "test",
+                                    backend="pycocotools")
+
+    def update_metrics(self, metrics, outputs: Any, targets: Any) -> None:
+        detections = self.predict(outputs)
+        if isinstance(targets, dict) or (targets and not isinstance(targets[0], dict)):
+            targets = split_targets(targets)
+        truth = [{"boxes": t["boxes"].float(), "labels": t["labels"].long()} for t in targets]
+        metrics.update([{k: d[k] for k in ("boxes", "scores", "labels")} for d in detections], truth)
+
+    def summarize(self, values: dict[str, torch.Tensor], out_dir: Path | None = None) -> tuple[dict[str, float], list[str]]:
+        """``mAP`` (IoU 0.5:0.95), ``mAP@0.5``, ``mAP@0.75`` and ``mAR@100``; per-class AP lines in test."""
+        names = {"map": "mAP", "map_50": "mAP@0.5", "map_75": "mAP@0.75", "mar_100": "mAR@100"}
+        scalars = {label: float(values[key]) for key, label in names.items() if key in values}
+        lines = []
+        per_class = values.get("map_per_class")
+        classes = values.get("classes")
+        if per_class is not None and classes is not None and per_class.numel() > 1:
+            width = max(len(n) for n in self.class_names)
+            lines.append(f"{'class':<{width}}  AP@[.5:.95]")
+            for label, ap in zip(classes.tolist(), per_class.tolist()):
+                lines.append(f"{self.label_name(int(label)):<{width}}  {ap:11.3f}")
+        return scalars, lines
+
+    # ---- predictions ----------------------------------------------------------------------------
+    def label_name(self, label: int) -> str:
+        return self.class_names[label - 1] if 1 <= label <= self.num_classes else str(label)
+
+    def format_prediction(self, prediction: Detections, index: int) -> str:
+        found = prediction[index]
+        if len(found["boxes"]) == 0:
+            return "no detections"
+        parts = [f"{self.label_name(int(l))} {float(s):.2f} [{', '.join(f'{v:.0f}' for v in b.tolist())}]"
+                 for b, s, l in zip(found["boxes"], found["scores"], found["labels"])]
+        return f"{len(parts)} boxes: " + "; ".join(parts[:10]) + (" ..." if len(parts) > 10 else "")
+
+    def write_predictions(self, prediction: Detections, images: torch.Tensor, paths: list[Path],
+                          out_dir: Path) -> list[Path]:
+        """``<stem>.boxes.png`` per image: the original image file (or, where there is none, the model
+        input) with each box, its class and score drawn."""
+        from edh.heads.detection.drawing import draw_detections
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        size = tuple(images.shape[-2:])
+        return [draw_detections(path, prediction[i], size, self.label_name, out_dir / f"{Path(path).stem}.boxes.png",
+                                images[i]) for i, path in enumerate(paths)]
+
+    def prediction_records(self, prediction: Detections, paths: list[Path], input_size: tuple[int, int],
+                           info: Any = None) -> list[dict[str, Any]]:
+        """COCO results (``image_id``, ``category_id``, ``bbox`` x, y, w, h in the image file's pixels,
+        ``score``): what ``pycocotools``' ``COCO.loadRes`` reads.
+
+        ``image_id`` comes from the run's COCO annotation files when the file name is listed
+        there, else from a numeric file stem (``000000139.jpg`` -> 139), else the position in ``paths``.
+        """
+        from edh.heads.detection.drawing import image_size, scale_boxes
+
+        ids = _image_ids(info)
+        records = []
+        for index, path in enumerate(paths):
+            path = Path(path)
+            image_id = ids.get(path.name, int(path.stem) if path.stem.isdigit() else index)
+            found = prediction[index]
+            size = image_size(path) if path.is_file() else input_size
+            boxes = to_xywh(scale_boxes(found["boxes"], input_size, size))
+            for box, score, label in zip(boxes.tolist(), found["scores"].tolist(), found["labels"].tolist()):
+                category = self.category_ids[label - 1] if 1 <= label <= self.num_classes else label
+                records.append({"image_id": image_id, "category_id": int(category),
+                                "bbox": [round(v, 3) for v in box], "score": round(float(score), 5)})
+        return records
+
+
+def _image_ids(info: Any) -> dict[str, int]:
+    """File name -> image id from the COCO annotation files a run was trained on (if any)."""
+    files = (getattr(info, "extra", None) or {}).get("coco_annotations", [])
+    ids: dict[str, int] = {}
+    for file in files:
+        try:
+            images = json.loads(Path(file).read_text()).get("images", [])
+        except (OSError, ValueError):
+            continue
+        ids.update({Path(str(i.get("file_name", ""))).name: int(i["id"]) for i in images if "id" in i})
+    return ids

@@ -1,0 +1,61 @@
+"""Pictures of detections: boxes, class names and scores drawn on the original image file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file (reads only its header)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.height, image.width
+
+
+def scale_boxes(boxes: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> torch.Tensor:
+    """Boxes ``(N, 4)`` xyxy of an image of ``from_size`` ``(H, W)`` moved onto one of ``to_size``."""
+    if tuple(from_size) == tuple(to_size):
+        return boxes
+    sy, sx = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    return boxes * torch.tensor([sx, sy, sx, sy], dtype=boxes.dtype, device=boxes.device)
+
+
+def picture_of(image: torch.Tensor) -> torch.Tensor:
+    """A model input ``(C, H, W)`` (normalised) as a viewable uint8 RGB ``(3, H, W)``, stretched to 0..255."""
+    image = image.detach().float().cpu()
+    image = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
+    low, high = image.amin(), image.amax()
+    return ((image - low) / (high - low).clamp_min(1e-6) * 255).round().byte()
+
+
+def draw_detections(path: str | Path, detections: dict[str, torch.Tensor], input_size: tuple[int, int],
+                    name_of: Callable[[int], str], out: Path, image: torch.Tensor | None = None) -> Path:
+    """The image at ``path`` with ``detections`` (found on the model input of ``input_size``) drawn; a PNG.
+
+    Where ``path`` is not a file, the model input ``image`` ``(C, H, W)`` is drawn on instead."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.utils import draw_bounding_boxes
+
+    from edh.heads.segmentation import class_colours
+    from edh.io import atomic_write
+
+    if Path(path).is_file() or image is None:
+        with Image.open(path) as original:
+            picture = torch.from_numpy(np.asarray(original.convert("RGB")).copy()).permute(2, 0, 1)
+    else:
+        picture = picture_of(image)
+    boxes = scale_boxes(detections["boxes"].float().cpu(), input_size, tuple(picture.shape[-2:]))
+    labels = detections["labels"].tolist()
+    colours = class_colours(max(labels, default=0) + 1)
+    text = [f"{name_of(int(l))} {float(s):.2f}" for l, s in zip(labels, detections["scores"].tolist())]
+    drawn = draw_bounding_boxes(picture, boxes, labels=text, width=max(1, min(picture.shape[-2:]) // 128),
+                                colors=[tuple(int(255 * c) for c in colours[l]) for l in labels])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(drawn.permute(1, 2, 0).numpy())
+    atomic_write(out, lambda f: image.save(f, format="PNG"))
+    return out

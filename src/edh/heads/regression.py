@@ -1,0 +1,78 @@
+"""Regression from pooled features (object counts, sizes, scores): pool -> MLP -> values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edh.embed import pool
+from edh.features import FeatureSpec
+from edh.heads.base import Head
+from edh.registry import register_head
+
+_LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss}
+
+
+@register_head("regression")
+class RegressionHead(Head):
+    """Global pooling + a small MLP to ``num_outputs`` real values.
+
+    A target of NaN marks a sample without a label for this head (partial labels): it is left out
+    of the loss and the metrics.
+
+    Args:
+        num_outputs: values per sample.
+        hidden: width of the hidden layer (0: a single linear layer).
+        loss: ``mse``, ``l1`` or ``smooth_l1``.
+        round_predictions: round ``predict``'s values to integers (counts).
+
+    Shapes: features -> ``(B, num_outputs)``.
+    """
+
+    accepts = ("pyramid", "sequence", "vector")
+    task = "regression"
+    reads_level = -1
+
+    def __init__(self, in_spec: FeatureSpec, num_outputs: int = 1, hidden: int = 128, loss: str = "smooth_l1",
+                 round_predictions: bool = False) -> None:
+        super().__init__(in_spec)
+        if loss not in _LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(_LOSSES)}, got {loss!r}")
+        self.num_outputs, self.loss_name, self.round_predictions = num_outputs, loss, round_predictions
+        width = in_spec.width
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_outputs)) \
+            if hidden else nn.Linear(width, num_outputs)
+
+    def forward(self, features: Any, **context: Any) -> torch.Tensor:
+        return self.mlp(pool(features))  # (B, num_outputs)
+
+    def _targets(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return targets.float().reshape(outputs.shape[0], -1)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        targets = self._targets(outputs, targets)
+        known = ~torch.isnan(targets)
+        if not known.any():
+            return {self.loss_name: outputs.sum() * 0.0}
+        return {self.loss_name: _LOSSES[self.loss_name](outputs.float()[known], targets[known])}
+
+    def predict(self, outputs: torch.Tensor, **meta: Any) -> dict[str, torch.Tensor]:
+        values = outputs.float()
+        return {"values": values.round() if self.round_predictions else values}
+
+    def make_metrics(self, stage: str = "val"):
+        from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+
+        return MetricCollection({"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False)})
+
+    def update_metrics(self, metrics, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        targets = self._targets(outputs, targets)
+        known = ~torch.isnan(targets)
+        if known.any():
+            metrics.update(outputs.float()[known], targets[known])
+
+    def format_prediction(self, prediction: dict[str, torch.Tensor], index: int) -> str:
+        return ", ".join(f"{v:.3f}" for v in prediction["values"][index].tolist())

@@ -1,0 +1,83 @@
+"""The demo report: one self-contained HTML page (images embedded as data URIs) and a Markdown twin."""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from pathlib import Path
+
+from edh.describe import human
+from edh.io import atomic_write_text
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def _role_table_html(description) -> str:
+    head = "<tr>" + "".join(f"<th>{c}</th>" for c in
+                            ("role", "component", "function", "input", "output", "params", "MACs")) + "</tr>"
+    rows = []
+    for r in description.rows:
+        source = f"<br><small>from {html.escape(r.source)}</small>" if r.source else ""
+        rows.append("<tr>" + "".join([
+            f"<td>{html.escape(r.role)}</td>", f"<td>{html.escape(r.component)}{source}</td>",
+            f"<td>{html.escape(r.function)}</td>", f"<td><code>{'<br>'.join(map(html.escape, r.input))}</code></td>",
+            f"<td><code>{'<br>'.join(map(html.escape, r.output))}</code></td>",
+            f"<td class=n>{human(r.params)}</td>", f"<td class=n>{human(r.macs)}</td>"]) + "</tr>")
+    rows.append(f"<tr><td>total</td><td></td><td></td><td></td><td></td><td class=n>{human(description.total_params)}</td>"
+                f"<td class=n>{human(description.total_macs)}</td></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _metrics_text(metrics: dict[str, dict[str, float]]) -> list[str]:
+    return [f"{head}: " + ", ".join(f"{k} = {v:.4f}" for k, v in values.items()) for head, values in metrics.items()]
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #bbb;padding:4px 8px;vertical-align:top}
+th{background:#f0f0f0}td.n{text-align:right}img{max-width:100%;border:1px solid #ddd;margin:4px 0}
+section{border-top:2px solid #ccc;margin-top:2em}code{font-size:12px}.metric{font-size:15px;font-weight:600}"""
+
+
+# Marks the page once loaded with how many images failed to render (read by the browser test).
+_CHECK = ("<script>window.addEventListener('load',()=>{document.body.dataset.brokenImages="
+          "[...document.images].filter(i=>!(i.complete&&i.naturalWidth>0)).length;"
+          "document.body.dataset.images=document.images.length;});</script>")
+
+
+def write_report(results: list, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` for the demo ``results`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    sections, markdown = [], ["# edh demo report", ""]
+    summary = ["<table><tr><th>model</th><th>train + test time</th><th>result</th></tr>"]
+    for result in results:
+        metrics = _metrics_text(result.metrics)
+        summary.append(f"<tr><td>{html.escape(result.demo.title)}</td><td class=n>{result.seconds:.0f} s</td>"
+                       f"<td>{'<br>'.join(map(html.escape, metrics))}</td></tr>")
+        images = [("composition", result.diagram)] if result.diagram else []
+        images += [(Path(p).stem.replace("_", " "), p) for p in result.pictures]
+        pictures = "".join(f"<figure><img src='{_data_uri(p)}' alt='{html.escape(label)}'>"
+                           f"<figcaption>{html.escape(label)}</figcaption></figure>" for label, p in images)
+        lines = "".join(f"<li><code>{html.escape(line)}</code></li>" for line in result.lines)
+        sections.append(
+            f"<section><h2>{html.escape(result.demo.title)}</h2>"
+            f"<p class=metric>{'<br>'.join(map(html.escape, metrics))}</p>"
+            f"<p>trained and tested in {result.seconds:.0f} s; run folder <code>{html.escape(str(result.run_dir))}</code></p>"
+            f"{_role_table_html(result.description) if result.description else ''}{pictures}"
+            f"{'<ul>' + lines + '</ul>' if lines else ''}</section>")
+        markdown += [f"## {result.demo.title}", "", *[f"- {m}" for m in metrics],
+                     f"- trained and tested in {result.seconds:.0f} s (`{result.run_dir}`)", "", "```",
+                     result.table.rstrip(), "```", ""]
+        for label, path in images:
+            markdown.append(f"![{label}]({os.path.relpath(path, out_dir)})")
+        markdown += [""] + [f"    {line}" for line in result.lines] + [""]
+    summary.append("</table>")
+    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>edh demo report</title>"
+            f"<style>{_STYLE}</style>{_CHECK}</head><body><h1>edh demo report</h1>"
+            f"<p>Each model is Encoder &rarr; [Decoder] &rarr; Head(s), trained on built-in data with a short "
+            f"schedule.</p>{''.join(summary)}{''.join(sections)}</body></html>")
+    html_path = atomic_write_text(out_dir / "report.html", page)
+    md_path = atomic_write_text(out_dir / "report.md", "\n".join(markdown))
+    return html_path, md_path

@@ -1,0 +1,168 @@
+"""Translation with a trained run: `Translator` (text in, text out, batched) and its evaluation.
+
+The run folder holds everything: the model (spec + weights) and ``tokenizer.json`` with the
+special tokens, so no flags are needed beyond the run folder. BLEU and chrF come from sacrebleu
+on detokenised text against the raw reference sentences; exact match compares whitespace-
+normalised strings.
+
+Example:
+    >>> translator = Translator.load("runs/translator-numbers")
+    >>> translator.translate(["four hundred and two"])
+    ['quatre cent deux']
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edh.data.tokenizer import TextTokenizer
+from edh.ops.generation import generate, generation_head, is_seq2seq
+from edh.run import Run
+
+
+class Translator:
+    """A translation run's model and tokenizer.
+
+    Args:
+        run: a loaded run whose model has a step-wise decoder and an ``lm`` head, and whose folder
+            holds the tokenizer named in its data info.
+    """
+
+    def __init__(self, run: Run) -> None:
+        if not is_seq2seq(run.model):
+            raise ValueError(f"{run.path} is not a translation run: its model has no step-wise decoder "
+                             "(decoder: transformer); use `edh predict` for other runs")
+        self.run = run
+        self.model = run.model.eval()
+        self.head_name, self.head = generation_head(self.model)
+        name = run.info.extra.get("tokenizer_file")
+        if not name:
+            raise ValueError(f"{run.path}/data.json names no tokenizer_file; this run was not trained on text data")
+        self.tokenizer = TextTokenizer.from_file(Path(run.path) / name)
+        self.max_tokens = int(run.info.extra.get("max_tokens", 256))
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "Translator":
+        from edh.run import load_run
+
+        return cls(load_run(run_dir))
+
+    def encode(self, texts: list[str]) -> list[torch.Tensor]:
+        """Source token ids as the training data had them (truncated, ``<eos>`` last)."""
+        keep = self.max_tokens - 2
+        return [torch.tensor(ids[:keep] + [self.tokenizer.eos_id]) for ids in self.tokenizer.encode_batch(texts)]
+
+    def translate_ids(self, sources: list[torch.Tensor], beam_size: int | None = None,
+                      length_penalty: float | None = None, max_new_tokens: int | None = None, batch_size: int = 64,
+                      progress: bool = False) -> list[list[int]]:
+        """Generated token ids (up to ``<eos>``) for each source; sources of similar length share a batch."""
+        from edh.data.text import pad_batch
+
+        device = next(self.model.parameters()).device
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        results: list[list[int]] = [[] for _ in sources]
+        for chunk in _progress(chunks, "translating", progress):
+            batch = pad_batch([sources[i] for i in chunk], self.tokenizer.pad_id).to(device)
+            out = generate(self.model, batch, beam_size=beam_size, max_new_tokens=max_new_tokens,
+                           length_penalty=length_penalty, head=self.head_name)
+            for row, index in enumerate(chunk):
+                results[index] = out.tokens[row, :int(out.lengths[row])].tolist()
+        return results
+
+    def translate(self, texts: list[str], **options: Any) -> list[str]:
+        """Translations of ``texts`` (options: beam_size, length_penalty, max_new_tokens, batch_size)."""
+        ids = self.translate_ids(self.encode(texts), **options)
+        return [self.tokenizer.decode(row) if text.strip() else "" for row, text in zip(ids, texts)]
+
+
+def translation_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF (sacrebleu, 0-100) and exact match (0-1)."""
+    import sacrebleu
+
+    if not references:
+        raise ValueError("no references to score against (the split is empty)")
+    exact = sum(" ".join(h.split()) == " ".join(r.split()) for h, r in zip(hypotheses, references))
+    return {"bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+            "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+            "exact_match": exact / len(references)}
+
+
+def evaluate_translation(run: Run, split: str = "test", batch_size: int | None = None, progress: bool = True,
+                         beam_size: int | None = None, examples: int = 5):
+    """BLEU, chrF and exact match of generated translations of ``split``, with example lines.
+
+    The data is rebuilt with the run's own tokenizer; generation uses the head's defaults
+    (``beam_size``, ``length_penalty``) unless ``beam_size`` is given.
+
+    Returns:
+        an `edh.evaluate.Evaluation` with ``metrics[head] = {bleu, chrf, exact_match}`` and the
+        examples in ``reports[head]``.
+    """
+    from edh.data.base import build_data
+    from edh.evaluate import Evaluation
+    from edh.registry import lookup
+
+    translator = Translator(run)
+    spec = run.spec
+    options = spec.data.options()
+    builder = lookup("dataset", spec.data.name)
+    if "tokenizer_file" in inspect.signature(builder).parameters:
+        options["tokenizer_file"] = str(Path(run.path) / run.info.extra["tokenizer_file"])
+    bundle = build_data(spec.data.name, options, spec.data.seed)
+    dataset = {"test": bundle.test, "val": bundle.val, "train": bundle.train}[split]
+    ids = translator.translate_ids(list(dataset.sources), beam_size=beam_size,
+                                   batch_size=batch_size or spec.data.batch_size, progress=progress)
+    hypotheses = translator.tokenizer.decode_batch(ids)
+    sources = [s for s, _ in dataset.pairs]
+    references = [t for _, t in dataset.pairs]
+    result = Evaluation(split, len(references))
+    result.metrics[translator.head_name] = translation_scores(hypotheses, references)
+    result.reports[translator.head_name] = example_lines(sources, hypotheses, references, examples)
+    return result
+
+
+def example_lines(sources: list[str], hypotheses: list[str], references: list[str], count: int = 5) -> list[str]:
+    """The first ``count`` translations: ``source -> translation`` (+ the reference when they differ)."""
+    lines = ["examples (source -> translation):"] if count else []
+    for source, hypothesis, reference in list(zip(sources, hypotheses, references))[:count]:
+        same = " ".join(hypothesis.split()) == " ".join(reference.split())
+        lines.append(f"  {source} -> {hypothesis}" + ("  [exact]" if same else f"  [reference: {reference}]"))
+    return lines
+
+
+def translate_lines(run: Run, texts: list[str], input_file: str | None = None, out_file: str | None = None,
+                    **options: Any) -> list[str]:
+    """Translate ``texts`` and the lines of ``input_file``; write one line per input to ``out_file``
+    (atomically) or print ``source<TAB>translation`` lines. Returns the translations."""
+    from edh.io import atomic_write_text
+
+    texts = list(texts)
+    if input_file:
+        path = Path(input_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"input file {path} does not exist (expected one sentence per line)")
+        texts += path.read_text(encoding="utf-8").splitlines()
+    if not texts:
+        raise ValueError("nothing to translate: give sentences (edh translate RUNDIR \"a sentence\") or --input FILE")
+    translations = Translator(run).translate(texts, **{k: v for k, v in options.items() if v is not None})
+    if out_file:
+        atomic_write_text(out_file, "".join(t + "\n" for t in translations))
+        print(f"wrote {len(translations)} translation{'s' * (len(translations) != 1)} to {out_file}")
+    else:
+        for source, translation in zip(texts, translations):
+            print(f"{source}\t{translation}")
+    return translations
+
+
+def _progress(iterable: list[Any], description: str, enabled: bool):
+    if not enabled:
+        yield from iterable
+        return
+    from rich.progress import track
+
+    yield from track(iterable, description=description, transient=True)
