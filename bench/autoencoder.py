@@ -16,6 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
 from segmentation_accuracy import load_spec_with, machine_busy_seconds, own_cpu_seconds
 
 from edh.evaluate import evaluate_run
@@ -39,14 +40,19 @@ def run_case(name: str, out: Path) -> dict:
     return {"case": name, "config": f"configs/{config}", "test_psnr_db": round(test["psnr"], 2),
             "test_ssim": round(test["ssim"], 4), "seconds": round(wall, 1), "alone_on_2_cores_s": round(cpu / 2, 1),
             "others_cores": round(max(0.0, busy - cpu) / wall, 2), "target_psnr_db": target, "budget_s": budget,
-            "met": met}
+            "threads": torch.get_num_threads(), "met": met}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=sorted(CASES), default=sorted(CASES))
     parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's). On a busy shared machine 1 thread can be "
+                             "several times faster than 2: each op's threads must all get a core at once")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = [run_case(name, Path(args.out)) for name in args.only]
     print(f"{'case':<12} {'PSNR dB':>7} {'SSIM':>6} {'target':>6} {'wall s':>7} {'cpu/2 s':>7} {'others':>6}  met")
     for r in rows:

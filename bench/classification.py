@@ -1,6 +1,7 @@
 """edh ResNet classifiers against timm and torchvision: forward and train-step images/s on CPU.
 
-Run: ``python bench/classification.py [--repeats N] [--quick] [--threads T] [--max-wait S] [--archs resnet18,resnet50]``.
+Run: ``python bench/classification.py [--repeats N] [--quick] [--threads T] [--max-wait S]
+[--archs resnet18,resnet50]``.
 
 Forward: batch 8, 224x224, eval, ``torch.inference_mode()``. Peers run as they come (contiguous), and
 timm also in channels_last; edh runs as built, then through `edh.perf.prepare_for_inference`
@@ -128,7 +129,7 @@ def ratios(forward_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]])
             (f"edh train ({edh_name}) / best peer ({peer_name})", edh_train / peer_train, 1.0),
             ("edh bf16 autocast / edh prepared fp32, forward", forward["edh prepared + bf16 autocast"] / fast, 1.9),
             ("edh bf16 weights + autocast / edh prepared fp32, forward",
-             forward["edh prepared bf16 weights + autocast"] / fast, None),
+             forward["edh prepared bf16 weights + autocast"] / fast, 1.9),
             ("edh eager / timm default, forward (wrapper overhead)",
              forward["edh eager (as built)"] / forward["timm (default)"], None),
         ]
@@ -160,7 +161,8 @@ def main() -> None:
                                                     f"momentum 0.9, {train_calls} calls per sample"}}
     for arch in args.archs.split(","):
         contenders = forward_contenders(arch, images)
-        forward_rows = summarize(contenders, measure(contenders, repeats, forward_calls, warmup=2, max_wait=args.max_wait))
+        samples = measure(contenders, repeats, forward_calls, warmup=2, max_wait=args.max_wait)
+        forward_rows = summarize(contenders, samples)
         print_table(forward_rows, COLUMNS, f"\n{arch} forward, batch {FORWARD_BATCH}, {FORWARD_SIZE}x{FORWARD_SIZE} "
                                            "(items = images)")
         if noisy_warning(forward_rows):
@@ -168,7 +170,8 @@ def main() -> None:
         del contenders
         gc.collect()
         contenders = train_contenders(arch, train_images, train_labels)
-        train_rows = summarize(contenders, measure(contenders, repeats, train_calls, warmup=2, max_wait=args.max_wait))
+        samples = measure(contenders, repeats, train_calls, warmup=2, max_wait=args.max_wait)
+        train_rows = summarize(contenders, samples)
         print_table(train_rows, COLUMNS, f"\n{arch} train step, batch {TRAIN_BATCH}, {TRAIN_SIZE}x{TRAIN_SIZE} "
                                          "(items = images)")
         if noisy_warning(train_rows):

@@ -89,8 +89,8 @@ class Sample:
         return not self.others > limit  # NaN (no /proc/stat) counts as quiet
 
 
-def measure(contenders: list[Contender], repeats: int = 5, calls: int = 1, warmup: int = 1,
-            quiet_cores: float = 0.25, max_rounds: int | None = None, max_wait: float = 0.0) -> dict[str, list[Sample]]:
+def measure(contenders: list[Contender], repeats: int = 5, calls: int = 1, warmup: int = 1, quiet_cores: float = 0.25,
+            max_rounds: int | None = None, max_wait: float = 0.0) -> dict[str, list[Sample]]:
     """Time each contender, one sample per round, contenders interleaved round-robin.
 
     The machine is shared: before each sample it waits (up to ``max_wait`` seconds in all) until

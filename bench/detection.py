@@ -137,15 +137,25 @@ def edh_train(model: torch.nn.Module, images: torch.Tensor, targets: dict[str, A
 
 
 def check_same_detections(reference: list[dict], found: list[dict], label: str) -> dict[str, Any]:
-    """How close edh's detections are to torchvision's (same weights, same images)."""
+    """How close edh's detections are to torchvision's (same weights, same images): identical lists
+    (labels and order, max box difference), and the share of torchvision's boxes that edh also finds
+    (same label, IoU >= 0.99; folding BatchNorm changes float rounding, which can swap near-ties)."""
     counts = [(len(r["boxes"]), len(f["boxes"])) for r, f in zip(reference, found)]
-    same = all(a == b for a, b in counts)
+    same = all(a == b for a, b in counts) and all(torch.equal(r["labels"], f["labels"])
+                                                  for r, f in zip(reference, found))
     diff = max(((r["boxes"] - f["boxes"]).abs().max().item() for r, f in zip(reference, found)
-                if len(r["boxes"]) and len(r["boxes"]) == len(f["boxes"])), default=0.0)
-    labels = same and all(torch.equal(r["labels"], f["labels"]) for r, f in zip(reference, found))
-    print(f"{label}: detections per image {counts}, same labels and order: {labels}, max |box diff| {diff:.2e}",
-          flush=True)
-    return {"counts": counts, "same_labels": labels, "max_box_diff": diff}
+                if len(r["boxes"]) and len(r["boxes"]) == len(f["boxes"])), default=0.0) if same else None
+    matched = total = 0
+    for r, f in zip(reference, found):
+        total += len(r["boxes"])
+        if len(r["boxes"]) and len(f["boxes"]):
+            overlap = torchvision.ops.box_iou(r["boxes"], f["boxes"]) * (r["labels"][:, None] == f["labels"][None])
+            matched += int((overlap.amax(dim=1) >= 0.99).sum())
+    share = matched / max(1, total)
+    print(f"{label}: detections per image {counts}; identical lists: {same}"
+          + (f" (max |box diff| {diff:.1e})" if same else "")
+          + f"; torchvision boxes also found (same label, IoU >= 0.99): {share:.1%}", flush=True)
+    return {"counts": counts, "identical": same, "max_box_diff": diff, "found_share": share}
 
 
 def fasterrcnn_groups(size: int, repeats: int, calls: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -12,13 +12,17 @@ execution provider, same thread count). Detectors are timed on raw head outputs 
 ``yolo+nms`` / ``faster_rcnn``, on detections (post-processing included on both sides).
 The translator is timed on greedy generation of 16 new tokens (encoder + 16 decoder steps).
 All contenders of one group run round-robin (`common.measure`); medians are reported and written to
-``bench/results/export.json``. ``max_abs_diff`` is measured at the timed batch on the timed inputs.
+``bench/results/export.json``. ``cpu_ms`` is the median CPU time of this process per call (robust to other
+processes on a shared machine; the compute time with ``--threads 1``). ``max_abs_diff`` is measured at
+the timed batch on the timed inputs.
 """
 
 from __future__ import annotations
 
 import copy
+import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,7 +59,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
                              "heads": {"tokens": {"type": "lm", "source": "decoder"}}},
                    "data": {"name": "numbers", "max_number": 2000, "vocab_size": 400, "batch_size": 32}},
 }
-COLUMNS = ["name", "ms_per_step", "items_per_s", "max_abs_diff", "tokens_equal", "quiet_samples"]
+COLUMNS = ["name", "ms_per_step", "cpu_ms", "items_per_s", "max_abs_diff", "tokens_equal", "quiet_samples"]
 NEW_TOKENS = 16
 
 
@@ -85,6 +89,18 @@ def make_run(spec: dict[str, Any], path: Path):
     return load_run(path)
 
 
+def cpu_seconds(step: Callable[[], Any], repeats: int) -> float:
+    """Median CPU time (user + system, all of this process's threads) of one ``step``: less affected by
+    other processes than wall time when the machine is shared (with ``--threads 1`` it is the compute
+    time; with more threads it includes their spinning)."""
+    times = []
+    for _ in range(repeats):
+        before = time.process_time()
+        step()
+        times.append(time.process_time() - before)
+    return statistics.median(times)
+
+
 def _fmt(value: Any) -> str:
     return value if isinstance(value, str) else f"{value:.2g}"
 
@@ -111,7 +127,8 @@ def image_groups(family: str, run: Any, folder: Path, batches: list[int]) -> lis
     for batch in batches:
         images = torch.randn(batch, run.info.in_channels, *size, generator=torch.Generator().manual_seed(batch))
 
-        def call(model: torch.nn.Module, channels_last: bool = False, post: bool = nms) -> Callable[[], Any]:
+        def call(model: torch.nn.Module, channels_last: bool = False, post: bool = nms,
+                 images: torch.Tensor = images) -> Callable[[], Any]:  # bound now: the loop rebinds `images`
             def step() -> Any:
                 with torch.inference_mode():
                     outputs = model(to_channels_last(images) if channels_last else images)
@@ -142,7 +159,7 @@ def translator_groups(run: Any, folder: Path, batches: list[int]) -> list[tuple[
         source = torch.randint(4, vocab, (batch, 12), generator=torch.Generator().manual_seed(batch))
         source[:, -1] = run.model.decoder.eos_id
 
-        def call(model: Any) -> Callable[[], Any]:
+        def call(model: Any, source: torch.Tensor = source) -> Callable[[], Any]:  # bound now, as above
             return lambda: generate(model, source, beam_size=1, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
 
         same = torch.equal(call(run.model)().tokens, call(exported)().tokens)
@@ -189,6 +206,8 @@ def main() -> None:
             for title, contenders in groups:
                 samples = measure(contenders, repeats=repeats, warmup=1)
                 group_rows = summarize(contenders, samples)
+                for row, contender in zip(group_rows, contenders):
+                    row["cpu_ms"] = 1000 * cpu_seconds(contender.step, repeats)
                 print_table(group_rows, COLUMNS, title)
                 if warning := noisy_warning(group_rows):
                     print(warning)

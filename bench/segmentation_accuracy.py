@@ -18,6 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
 from edh.demo import config_path
 from edh.evaluate import evaluate_run
 from edh.spec import parse_run_spec, read_yaml
@@ -67,14 +68,19 @@ def run_case(name: str, out: Path) -> dict:
             "test_miou": round(test["miou"], 4), "test_pixel_acc": round(test["pixel_acc"], 4),
             "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "alone_on_2_cores_s": round(cpu / 2, 1),
             "others_cores": round(max(0.0, busy - cpu) / wall, 2), "target_miou": target, "budget_s": budget,
-            "met": met}
+            "threads": torch.get_num_threads(), "met": met}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=sorted(CASES), default=["unet-resnet18"])
     parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's). On a busy shared machine 1 thread can be "
+                             "several times faster than 2: each op's threads must all get a core at once")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = [run_case(name, Path(args.out)) for name in args.only]
     header = f"{'case':<14} {'val mIoU':>8} {'test mIoU':>9} {'target':>6} {'wall s':>7} {'cpu/2 s':>7} {'others':>6}  met"
     print(header)

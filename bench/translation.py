@@ -1,6 +1,6 @@
 """edh's Transformer translator against Hugging Face transformers' MarianMTModel of the same size.
 
-Run: ``python bench/translation.py [--repeats N] [--quick] [--threads T]`` (needs ``pip install transformers``,
+Run: ``python bench/translation.py [--repeats N] [--quick] [--threads T] [--max-wait S]`` (needs ``pip install transformers``,
 the ``bench`` extra; no weights are downloaded: both models are built from a config with random,
 seeded weights, in one process).
 
@@ -124,8 +124,8 @@ def hf_train_step(model, src, mask, tgt_in, labels) -> Callable[[], float]:
 def check_same_size(edh_model, marian) -> dict[str, int]:
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731 - shared weights counted once
     counts = {"edh": count(edh_model), "marian": count(marian)}
-    print(f"parameters: edh {counts['edh']:,}  marian {counts['marian']:,} (marian adds a final_logits_bias "
-          "buffer and learned-free sinusoidal tables)", flush=True)
+    print(f"parameters: edh {counts['edh']:,}  marian {counts['marian']:,} (marian's count includes its two "
+          "fixed sinusoidal position tables, 2 x 512 x 256 = 262,144)", flush=True)
     return counts
 
 
@@ -134,6 +134,8 @@ def main() -> None:
     args = parser.parse_args()
     threads = apply_threads(args.threads)
     repeats = 2 if args.quick else args.repeats
+    if args.quick:
+        args.max_wait = 0.0
     env = environment()
     print(f"torch {env['torch']}, {threads} threads, {env['cpu']}; {repeats} round-robin repeats, medians",
           flush=True)
@@ -160,7 +162,7 @@ def main() -> None:
     train_items = TRAIN_BATCH * TRAIN_LEN
     results: dict[str, dict[str, float]] = {}
     for group, contenders in groups.items():
-        rows = summarize(contenders, measure(contenders, repeats, calls=1, warmup=1))
+        rows = summarize(contenders, measure(contenders, repeats, calls=1, warmup=1, max_wait=args.max_wait))
         print_table(rows, COLUMNS, f"\n{group}: batch {GEN_BATCH}, {NEW_TOKENS} new tokens (items = tokens)")
         if noisy_warning(rows):
             print(noisy_warning(rows))
@@ -172,7 +174,7 @@ def main() -> None:
     contenders = [Contender("hf MarianMTModel train step", hf_train_step(marian_train, train_src, train_mask, tgt_in,
                                                                          labels), train_items),
                   Contender("edh train step", edh_train_step(edh_train, train_src, tgt_in, labels), train_items)]
-    rows = summarize(contenders, measure(contenders, repeats, calls=2, warmup=2))
+    rows = summarize(contenders, measure(contenders, repeats, calls=2, warmup=2, max_wait=args.max_wait))
     print_table(rows, COLUMNS, f"\ntrain step: batch {TRAIN_BATCH}, {TRAIN_LEN}+{TRAIN_LEN} tokens, AdamW "
                                "(items = target tokens)")
     if noisy_warning(rows):

@@ -126,3 +126,15 @@ def test_tiny_vae_run_reconstructs_and_samples(tmp_path):
     assert "psnr" in results[0].lines["decoder"] and written[0].name == "reconstructions.png"
     samples = sample_images(run, 6, tmp_path / "out", seed=0)
     assert samples.name == "samples.png" and samples.is_file()
+
+
+def test_vae_exports_to_onnx(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from edh.export.onnx import check_graph, export_graph
+
+    model = _autoencoder(latent_dim=4, image_size=16, variational=True).eval()
+    export_graph(model, (torch.randn(2, 1, 16, 16),), tmp_path / "vae.onnx", input_names=["images"],
+                 probe=(torch.randn(3, 1, 16, 16),))
+    checks = check_graph(tmp_path / "vae.onnx", model, (torch.randn(4, 1, 16, 16),))
+    assert [c.name for c in checks] == ["decoder.images", "decoder.mean", "decoder.logvar"]
+    assert all(c.max_abs_diff < 1e-4 for c in checks)

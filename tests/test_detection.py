@@ -233,3 +233,24 @@ def test_shipped_configs_build_and_run(config):
     with torch.no_grad():
         found = head.predict(model(torch.randn(1, model.encoder.in_channels, 64, 64))[next(iter(model.heads))])
     assert len(found) == 1 and found[0]["boxes"].shape[-1] == 4
+
+
+def test_pictures_and_coco_records(tmp_path):
+    from PIL import Image
+
+    model = tiny_detector("yolo", score_thresh=0.0, max_detections=5).eval()
+    images, _ = batch()
+    Image.new("RGB", (SIZE * 2, SIZE * 2)).save(tmp_path / "7.png")  # a file twice the input size
+    paths = [tmp_path / "7.png", tmp_path / "not_a_file.png"]  # the second is drawn from the input tensor
+    det = model.heads["det"]
+    with torch.no_grad():
+        found = det.predict(model(images)["det"])
+    written = det.write_predictions(found, images, paths, tmp_path / "out")
+    assert [p.name for p in written] == ["7.boxes.png", "not_a_file.boxes.png"]
+    assert Image.open(written[0]).size == (SIZE * 2, SIZE * 2) and Image.open(written[1]).size == (SIZE, SIZE)
+    records = det.prediction_records(found, paths, (SIZE, SIZE))
+    first = [r for r in records if r["image_id"] == 7]
+    assert len(first) == 5 and {r["category_id"] for r in records} <= {1, 2, 3}
+    x, y, w, h = first[0]["bbox"]
+    box = (found[0]["boxes"][0] * 2).tolist()  # scaled to the file's pixels, as x, y, width, height
+    assert (x, y, x + w, y + h) == pytest.approx(box, abs=1e-2)

@@ -78,7 +78,8 @@ class _Untraceable(nn.Module):
         return self.conv(x)
 
 
-@pytest.mark.parametrize("module", [_ConvReused(), _Untraceable(), nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 1))])
+@pytest.mark.parametrize("module", [_ConvReused(), _Untraceable(),
+                                    nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 1))])
 def test_fold_batchnorm_leaves_unsafe_patterns_alone(module):
     module = _randomize_batchnorm(module).eval()
     folded = perf.fold_batchnorm(module)

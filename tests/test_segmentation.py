@@ -79,6 +79,23 @@ def test_original_unet_has_the_papers_layers():
     assert model.encoder.out_spec.channels == (64, 128, 256, 512, 1024)
 
 
+def test_segmentation_head_on_an_fpn_reads_its_finest_level():
+    model = edh.build({"encoder": {"name": "test_resnet"}, "decoder": {"name": "fpn", "out_channels": 8, "extra": "none"},
+                       "heads": {"mask": {"type": "segmentation", "source": "decoder", "num_classes": 3}}})
+    assert model.decoder.out_spec.strides[0] == 4 and model.heads["mask"].stride == 4
+    logits = model(torch.randn(2, 3, 45, 70))["mask"]
+    assert logits.shape == (2, 3, 45, 70)
+    model.heads["mask"].loss(logits, torch.randint(0, 3, (2, 45, 70)))["ce"].backward()
+    assert model.decoder.fpn.inner_blocks[0][0].weight.grad is not None
+
+
+def test_fpn_segmentation_config_builds():
+    spec = read_yaml(Path(edh.__file__).parent / "configs" / "fpn-segmentation-scenes.yaml")
+    model = edh.build({**spec["model"], "heads": {"mask": {**spec["model"]["heads"]["mask"], "num_classes": 11}}},
+                      pretrained=False)
+    assert model(torch.randn(1, 3, 64, 64))["mask"].shape == (1, 11, 64, 64)
+
+
 def test_head_on_an_encoder_level_upsamples_and_crops():
     model = edh.build({"encoder": {"name": "test_resnet"},
                        "heads": {"mask": {"type": "segmentation", "source": "encoder.2", "num_classes": 4}}})
@@ -201,3 +218,14 @@ def test_tiny_run_trains_evaluates_and_draws(tmp_path):
     assert results[0].lines["mask"] and written == [tmp_path / "out" / "scene.overlay.png"]
     with Image.open(written[0]) as overlay:
         assert overlay.width > 200
+
+
+def test_unet_exports_to_onnx(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from edh.export.onnx import check_graph, export_graph
+
+    model = _segmenter("test_resnet", decoder={"decoder_channels": [16, 8, 8, 8, 8]}).eval()
+    export_graph(model, (torch.randn(2, 3, 64, 64),), tmp_path / "unet.onnx", input_names=["images"],
+                 probe=(torch.randn(3, 3, 64, 64),))
+    (check,) = check_graph(tmp_path / "unet.onnx", model, (torch.randn(4, 3, 64, 64),))
+    assert check.shape == (4, 3, 64, 64) and check.max_abs_diff < 1e-4

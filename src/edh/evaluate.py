@@ -27,7 +27,7 @@ def evaluate_run(run: Run, split: str = "test", out_dir: str | Path | None = Non
     if is_seq2seq(run.model):  # translation: BLEU / chrF / exact match need generated text, not logits
         from edh.translate import evaluate_translation
 
-        return evaluate_translation(run, split, batch_size, progress)
+        return evaluate_translation(run, split, batch_size, progress, out_dir=out_dir)
     from torch.utils.data import DataLoader
 
     from edh.data.base import build_data

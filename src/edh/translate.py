@@ -93,11 +93,12 @@ def translation_scores(hypotheses: list[str], references: list[str]) -> dict[str
 
 
 def evaluate_translation(run: Run, split: str = "test", batch_size: int | None = None, progress: bool = True,
-                         beam_size: int | None = None, examples: int = 5):
+                         beam_size: int | None = None, examples: int = 5, out_dir: str | Path | None = None):
     """BLEU, chrF and exact match of generated translations of ``split``, with example lines.
 
     The data is rebuilt with the run's own tokenizer; generation uses the head's defaults
-    (``beam_size``, ``length_penalty``) unless ``beam_size`` is given.
+    (``beam_size``, ``length_penalty``) unless ``beam_size`` is given. With ``out_dir``, every
+    translation is written to ``out_dir/translations-<split>.tsv`` (source, translation, reference).
 
     Returns:
         an `edh.evaluate.Evaluation` with ``metrics[head] = {bleu, chrf, exact_match}`` and the
@@ -123,6 +124,13 @@ def evaluate_translation(run: Run, split: str = "test", batch_size: int | None =
     result = Evaluation(split, len(references))
     result.metrics[translator.head_name] = translation_scores(hypotheses, references)
     result.reports[translator.head_name] = example_lines(sources, hypotheses, references, examples)
+    if out_dir is not None:
+        from edh.io import atomic_write_text
+
+        path = Path(out_dir) / f"translations-{split}.tsv"
+        rows = ["source\ttranslation\treference"] + ["\t".join(r) for r in zip(sources, hypotheses, references)]
+        atomic_write_text(path, "\n".join(rows) + "\n")
+        result.reports[translator.head_name].append(f"all translations: {path}")
     return result
 
 

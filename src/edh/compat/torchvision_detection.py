@@ -51,7 +51,8 @@ def fasterrcnn_resnet50_fpn_spec(num_classes: int = 91, head: str = "detections"
     return {
         "encoder": {"name": "resnet50"},
         "decoder": {"name": "fpn", "out_channels": 256, "levels": [1, 2, 3, 4], "extra": "maxpool"},
-        "heads": {head: {"type": "faster_rcnn", "source": "decoder", "num_classes": num_classes - 1, **head_options}},
+        "heads": {head: {"type": "faster_rcnn", "source": "decoder", "target": "boxes", "num_classes": num_classes - 1,
+                         **head_options}},
     }
 
 

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
-from edh.export.onnx import ExportCheckError, OnnxGraph, OutputCheck, export_graph
+from edh.export.flatten import flatten
+from edh.export.onnx import ExportCheckError, OnnxGraph, OutputCheck, compare, export_graph
 
 MIN_SIZE = 1e-2  # `edh.ops.boxes.filter_detections`' default: boxes narrower than this are dropped
 
@@ -253,5 +254,12 @@ def export_with_nms(run: Any, model: nn.Module, reference: nn.Module, example: t
     for name, head in reference.heads.items():
         if name in heads:
             checks += compare_detections(head.predict(eager[name]), runtime[name], name, tolerance)
+        else:  # another task's head in the same graph (multi-task): its raw outputs
+            names, expected, _ = flatten(eager[name], name)
+            checks += [c for c in compare(expected, names, flatten(runtime[name], name)[1])]
+    bad = [c for c in checks if not c.ok(tolerance)]
+    if bad:
+        raise ExportCheckError(f"{out} does not match eager PyTorch: " + "; ".join(
+            f"{c.name} max abs diff {c.max_abs_diff:.3g}" for c in bad) + f" > tolerance {tolerance:g}")
     notes.append(f"detections in graph for {', '.join(heads)}: equal to eager predict on {len(probe)} images")
     return ExportReport([out], {out.name: checks}, notes)
