@@ -11,13 +11,12 @@ the cores other processes used meanwhile. Writes bench/results/autoencoder.json.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
 
 import torch
-from segmentation_accuracy import load_spec_with, machine_busy_seconds, own_cpu_seconds
+from segmentation_accuracy import load_spec_with, machine_busy_seconds, own_cpu_seconds, write_rows
 
 from edh.evaluate import evaluate_run
 from edh.train.runner import train_run
@@ -60,9 +59,7 @@ def main() -> None:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
         print(f"{r['case']:<12} {r['test_psnr_db']:>7.2f} {r['test_ssim']:>6.3f} {target:>6} {r['seconds']:>7.1f} "
               f"{r['alone_on_2_cores_s']:>7.1f} {r['others_cores']:>6.2f}  {met}")
-    path = Path(__file__).resolve().parent / "results" / "autoencoder.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=2))
+    write_rows(Path(__file__).resolve().parent / "results" / "autoencoder.json", rows)
 
 
 if __name__ == "__main__":

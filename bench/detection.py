@@ -11,7 +11,8 @@ so both find the same boxes and do the same post-processing work. Inputs: 2 imag
   as built, and through `edh.perf.prepare_for_inference` (channels_last + BatchNorm folded).
 - train step: forward with 3 boxes per image, the four losses, backward, SGD step (lr 0.01 momentum
   0.9, the default torchvision trainer); BatchNorm trains in both (torchvision uses plain BatchNorm
-  when built without weights).
+  when built without weights). edh contiguous, channels_last, and (a separate row, not the fp32
+  comparison) with bf16 autocast, what ``trainer: {precision: bf16-mixed}`` gives ``edh train``.
 
 One-stage: images/s of eval forwards at the same input: edh ``yolo`` head on R50-FPN P3-P7 with
 torchvision FCOS's head settings (4 GroupNorm convs per tower), torchvision ``fcos_resnet50_fpn`` and
@@ -117,7 +118,7 @@ def torchvision_train(model: torch.nn.Module, images: torch.Tensor, targets: dic
 
 
 def edh_train(model: torch.nn.Module, images: torch.Tensor, targets: dict[str, Any],
-              channels_last: bool = False) -> Callable[[], float]:
+              channels_last: bool = False, bf16: bool = False) -> Callable[[], float]:
     model.train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -126,8 +127,9 @@ def edh_train(model: torch.nn.Module, images: torch.Tensor, targets: dict[str, A
 
     def step() -> float:
         x = normalise(images)
-        outputs = model(to_channels_last(x) if channels_last else x, targets=targets)
-        loss = sum(head.loss(outputs[HEAD], head.select_targets(targets, HEAD)).values())
+        with autocast("cpu", enabled=bf16):  # what `trainer: {precision: bf16-mixed}` does in edh train
+            outputs = model(to_channels_last(x) if channels_last else x, targets=targets)
+            loss = sum(head.loss(outputs[HEAD], head.select_targets(targets, HEAD)).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -192,6 +194,9 @@ def fasterrcnn_groups(size: int, repeats: int, calls: int) -> tuple[dict[str, An
         Contender("edh faster_rcnn channels_last",
                   edh_train(edh_fasterrcnn(torchvision_detector("fasterrcnn_resnet50_fpn", size)), images, targets,
                             channels_last=True), BATCH, {"kind": "edh"}),
+        Contender("edh faster_rcnn bf16 autocast",
+                  edh_train(edh_fasterrcnn(torchvision_detector("fasterrcnn_resnet50_fpn", size)), images, targets,
+                            bf16=True), BATCH, {"kind": "edh bf16", "dtype": "bf16 autocast"}),
     ]
     train_rows = summarize(contenders, measure(contenders, repeats, 1, warmup=1))
     print_table(train_rows, COLUMNS, f"\nFaster R-CNN R50-FPN train step (forward, 4 losses, backward, SGD), batch "
@@ -206,7 +211,7 @@ def fasterrcnn_ratios(eval_rows: list[dict], train_rows: list[dict]) -> list[dic
     ms = {r["name"]: r["ms_per_step"] for r in eval_rows}
     train = {r["name"]: r["ms_per_step"] for r in train_rows}
     tv, fast = "torchvision fasterrcnn_resnet50_fpn", "edh faster_rcnn prepared (CL + BN folded)"
-    best_train_name = min((n for n in train if n.startswith("edh")), key=train.get)
+    best_train_name = min((n for n in train if n.startswith("edh") and "bf16" not in n), key=train.get)
     together = (ms[tv] + train[tv]) / (ms[fast] + train[best_train_name])
     return [
         ratio("edh prepared / torchvision, eval forward (2 images)", rate[fast] / rate[tv], 1.2),
@@ -216,6 +221,7 @@ def fasterrcnn_ratios(eval_rows: list[dict], train_rows: list[dict]) -> list[dic
         ratio("edh eager (as built) / torchvision, eval forward", rate["edh faster_rcnn eager (as built)"] / rate[tv]),
         ratio("edh prepared + bf16 / torchvision, eval forward",
               rate["edh faster_rcnn prepared + bf16 autocast"] / rate[tv]),
+        ratio("edh bf16 autocast / torchvision fp32, train step", train[tv] / train["edh faster_rcnn bf16 autocast"]),
     ]
 
 

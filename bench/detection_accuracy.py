@@ -77,8 +77,12 @@ def run_case(name: str, out: Path, cap: bool = True) -> dict:
 
 
 def _epochs_done(run_dir: Path) -> int:
+    """Epochs trained up to the last validation (from the run's metrics.csv)."""
+    import csv
+
     metrics = run_dir / "metrics.csv"
-    return max(0, len(metrics.read_text().splitlines()) - 1) if metrics.is_file() else 0
+    rows = list(csv.DictReader(metrics.open())) if metrics.is_file() else []
+    return int(float(rows[-1]["epoch"])) + 1 if rows else 0
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from edh.demo import config_path
 from edh.evaluate import evaluate_run
 from edh.spec import parse_run_spec, read_yaml
@@ -90,9 +91,16 @@ def main() -> None:
         print(f"{r['case']:<14} {r['val_miou']:>8.4f} {r['test_miou']:>9.4f} {target:>6} {r['seconds']:>7.1f} "
               f"{r['alone_on_2_cores_s']:>7.1f} {r['others_cores']:>6.2f}  {met}")
     print("(others: cores other processes used on average during the run; cpu/2: this run's CPU time over 2 cores)")
-    path = Path(__file__).resolve().parent / "results" / "segmentation_accuracy.json"
+    write_rows(Path(__file__).resolve().parent / "results" / "segmentation_accuracy.json", rows)
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Merge ``rows`` into the JSON list at ``path`` by ``case`` (cases not run this time are kept)."""
+    old = json.loads(path.read_text()) if path.is_file() else []
+    fresh = {r["case"] for r in rows}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=2))
+    path.write_text(json.dumps([r for r in old if r.get("case") not in fresh] + rows, indent=2))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

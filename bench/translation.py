@@ -12,6 +12,8 @@ on sub-layer outputs only.
   until then: HF ``min_new_tokens=64``, edh ``min_new_tokens=64``), HF ``generate`` with its cache vs
   edh ``generate`` (preallocated KV cache); tokens/s = 8 x 64 / seconds.
 - beam: the same with 4 beams (length penalty 1.0); tokens/s counts the 8 x 64 returned tokens.
+- both generation groups also run each model with its weights cast to bfloat16 (``model.to(torch.bfloat16)``),
+  as extra rows; the targets are for fp32 against fp32.
 - train step: batch 32, 32 source + 32 target tokens, forward + cross-entropy + backward + AdamW,
   train mode; tokens/s counts target tokens.
 
@@ -21,6 +23,7 @@ Contenders of a group run round-robin (``common.measure``); medians reported, re
 
 from __future__ import annotations
 
+import copy
 import gc
 from typing import Any, Callable
 
@@ -121,6 +124,11 @@ def hf_train_step(model, src, mask, tgt_in, labels) -> Callable[[], float]:
     return step
 
 
+def _key(row: dict[str, Any]) -> str:
+    """``edh`` / ``hf`` (+ `` bf16``) from a result row."""
+    return row["name"].split()[0] + (" bf16" if row.get("dtype") == "bf16" else "")
+
+
 def check_same_size(edh_model, marian) -> dict[str, int]:
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731 - shared weights counted once
     counts = {"edh": count(edh_model), "marian": count(marian)}
@@ -146,28 +154,31 @@ def main() -> None:
     counts = check_same_size(edh_model, marian)
     src, mask = sources(GEN_BATCH, 32, 20)
     report: dict[str, Any] = {"environment": env, "repeats": repeats, "parameters": counts, "groups": {}}
-    groups = {
-        "greedy": [Contender("hf MarianMTModel.generate greedy (cache)", hf_generate(marian, src, mask, 1),
-                             GEN_BATCH * NEW_TOKENS),
-                   Contender("edh generate greedy (KV cache)", edh_generate(edh_model, src, 1), GEN_BATCH * NEW_TOKENS)],
-        "beam": [Contender(f"hf MarianMTModel.generate beam {BEAMS} (cache)", hf_generate(marian, src, mask, BEAMS),
-                           GEN_BATCH * NEW_TOKENS),
-                 Contender(f"edh generate beam {BEAMS} (KV cache)", edh_generate(edh_model, src, BEAMS),
-                           GEN_BATCH * NEW_TOKENS)],
-    }
+    edh_bf16, marian_bf16 = (copy.deepcopy(m).to(torch.bfloat16) for m in (edh_model, marian))
+    tokens = GEN_BATCH * NEW_TOKENS
+    groups: dict[str, list[Contender]] = {}
+    for group, beams in (("greedy", 1), ("beam", BEAMS)):
+        kind = "greedy" if beams == 1 else f"beam {beams}"
+        groups[group] = [
+            Contender(f"hf MarianMTModel.generate {kind} (cache)", hf_generate(marian, src, mask, beams), tokens),
+            Contender(f"edh generate {kind} (KV cache)", edh_generate(edh_model, src, beams), tokens),
+            Contender(f"hf {kind}, bf16 weights", hf_generate(marian_bf16, src, mask, beams), tokens,
+                      {"dtype": "bf16"}),
+            Contender(f"edh {kind}, bf16 weights", edh_generate(edh_bf16, src, beams), tokens, {"dtype": "bf16"}),
+        ]
     train_src, train_mask = sources(TRAIN_BATCH, TRAIN_LEN, TRAIN_LEN // 2)
     target = torch.randint(4, VOCAB, (TRAIN_BATCH, TRAIN_LEN + 1), generator=torch.Generator().manual_seed(2))
     target[:, 0] = BOS
     tgt_in, labels = target[:, :-1], target[:, 1:]
     train_items = TRAIN_BATCH * TRAIN_LEN
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, tuple[float, float]]] = {}
     for group, contenders in groups.items():
         rows = summarize(contenders, measure(contenders, repeats, calls=1, warmup=1, max_wait=args.max_wait))
         print_table(rows, COLUMNS, f"\n{group}: batch {GEN_BATCH}, {NEW_TOKENS} new tokens (items = tokens)")
         if noisy_warning(rows):
             print(noisy_warning(rows))
         report["groups"][group] = rows
-        results[group] = {r["name"].split()[0]: (r["items_per_s"], r["best_items_per_s"]) for r in rows}
+        results[group] = {_key(r): (r["items_per_s"], r["best_items_per_s"]) for r in rows}
     del groups
     gc.collect()
     edh_train, marian_train = build_edh(), build_marian()
@@ -180,11 +191,17 @@ def main() -> None:
     if noisy_warning(rows):
         print(noisy_warning(rows))
     report["groups"]["train"] = rows
-    results["train"] = {r["name"].split()[0]: (r["items_per_s"], r["best_items_per_s"]) for r in rows}
+    results["train"] = {_key(r): (r["items_per_s"], r["best_items_per_s"]) for r in rows}
     targets = {"greedy": 2.0, "beam": 1.5, "train": 1.0}
-    report["ratios"] = [ratio(f"edh / hf, {group}", results[group]["edh"][0] / results[group]["hf"][0],
-                              targets[group], results[group]["edh"][1] / results[group]["hf"][1])
-                        for group in ("greedy", "beam", "train")]
+
+    def compare(group: str, ours: str, theirs: str, label: str, target: float | None) -> dict[str, Any]:
+        a, b = results[group][ours], results[group][theirs]
+        return ratio(f"{label}, {group}", a[0] / b[0], target, a[1] / b[1])
+
+    report["ratios"] = [compare(g, "edh", "hf", "edh / hf (fp32)", targets[g]) for g in ("greedy", "beam", "train")]
+    report["ratios"] += [compare(g, "edh bf16", "hf bf16", "edh / hf, both bf16 weights", None)
+                         for g in ("greedy", "beam")]
+    report["ratios"] += [compare(g, "edh bf16", "hf", "edh bf16 weights / hf fp32", None) for g in ("greedy", "beam")]
     print("\nratios (medians)")
     print("\n".join(format_ratio(r) for r in report["ratios"]), flush=True)
     print(f"\nwrote {write_json('translation', report)}")

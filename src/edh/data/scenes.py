@@ -12,9 +12,10 @@ detection and multi-task models. An item is ``(image, targets)``:
 - ``targets["labels"]``: ``(N,)`` int64, each object's mask id (``1..K``; 0 stays background, as
   torchvision's detectors expect).
 - ``targets["label"]``: int64 scalar, the 0-based class of the largest object (for classification).
+- ``targets["count"]``: float32 scalar, the number of objects in the scene (for a regression head).
 
 Batches need `collate_scenes` (on the bundle as ``collate_fn``): images, masks and labels are
-stacked, ``boxes`` and ``labels`` stay lists of per-image tensors because N varies.
+stacked (and ``count``), ``boxes`` and ``labels`` stay lists of per-image tensors because N varies.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from edh.registry import register_dataset
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
 MEAN, STD = 0.19, 0.15  # normalisation per channel: the generated images' mean and std (digits, default options)
-STACKED = ("mask", "label")  # targets with one fixed shape per image; everything else stays a list
+STACKED = ("mask", "label", "count")  # targets with one fixed shape per image; everything else stays a list
 
 
 def collate_scenes(items: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Batch scene items: ``(B, C, H, W)`` images; ``mask`` ``(B, H, W)`` and ``label`` ``(B,)`` stacked;
+    """Batch scene items: ``(B, C, H, W)`` images; ``mask`` ``(B, H, W)``, ``label`` and ``count`` ``(B,)`` stacked;
     ``boxes`` (``[(N_i, 4)]``) and ``labels`` (``[(N_i,)]``) as lists, one tensor per image."""
     images = torch.stack([image for image, _ in items])
     targets: dict[str, Any] = {}
@@ -71,7 +72,7 @@ class SceneDataset(Dataset):
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         largest = labels[int(areas.argmax())] - 1
         return image, {"mask": self.masks[index].long(), "boxes": boxes.clone(), "labels": labels.clone(),
-                       "label": largest.clone()}
+                       "label": largest.clone(), "count": torch.tensor(float(len(labels)))}
 
 
 def _load_sprites(sprites: str, fashion_root: str | None, seed: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
@@ -227,7 +228,8 @@ def scenes(image_size: int = 64, objects: int | list[int] = (1, 3), sprite_size:
     mask_names = ["background", *class_names]
     info = DataInfo(
         "image", in_channels, (image_size, image_size), mean, std, list(class_names),
-        {"mask": "segmentation", "boxes": "detection", "labels": "detection", "label": "classification"},
+        {"mask": "segmentation", "boxes": "detection", "labels": "detection", "label": "classification",
+         "count": "regression"},
         {"dataset": "scenes", "sprites": sprites, "mask_class_names": mask_names,
          "head_defaults": {"mask": {"num_classes": len(mask_names), "class_names": mask_names}}},
     )

@@ -24,8 +24,9 @@ class DecoderCache:
     """What one generation keeps between steps.
 
     Attributes:
-        self_kv: ``(L, 2, N, H, T_max, Dh)`` self-attention keys / values, preallocated and written
-            in place one position per step.
+        self_kv: ``(T_max, N, L, 2, H, Dh)`` self-attention keys / values, preallocated and written
+            in place one position per step. Time comes first, so the positions written so far are
+            one contiguous block that beam search reorders in a single copy.
         memory_kv: ``(L, 2, N, H, S, Dh)`` cross-attention keys / values, computed once.
         memory_mask: ``(N, 1, 1, S)`` additive mask of the source padding, or None.
         length: positions written so far.
@@ -35,18 +36,27 @@ class DecoderCache:
     memory_kv: torch.Tensor
     memory_mask: torch.Tensor | None
     length: int = 0
+    spare: torch.Tensor | None = None  # the second buffer `select` copies into
 
     @property
     def capacity(self) -> int:
-        return self.self_kv.shape[4]
+        return self.self_kv.shape[0]
 
     def select(self, rows: torch.Tensor) -> None:
         """Reorder the self-attention cache so row ``i`` continues row ``rows[i]`` (beam search).
 
-        The memory keys / values are left alone: rows are only ever taken from beams of the same source.
+        One ``index_select`` of the written positions into a second buffer, which then becomes the
+        cache. The memory keys / values are left alone: rows only ever move between beams of one source.
         """
-        written = self.self_kv[:, :, :, :, :self.length]  # (L, 2, N, H, t, Dh)
-        written.copy_(written.index_select(2, rows))
+        if self.spare is None:
+            self.spare = torch.empty_like(self.self_kv)
+        end = self.length
+        torch.index_select(self.self_kv[:end], 1, rows, out=self.spare[:end])
+        self.self_kv, self.spare = self.spare, self.self_kv
+
+    def layer(self, index: int) -> torch.Tensor:
+        """Layer ``index``'s self-attention keys / values ``(T_max, N, 2, H, Dh)``, a view written in place."""
+        return self.self_kv[:, :, index]
 
 
 @register_decoder("transformer")
@@ -180,7 +190,7 @@ class TransformerDecoder(Decoder):
             padding = None if padding is None else padding.repeat_interleave(beam_size, dim=0)
         memory_kv = memory_kv.contiguous()
         rows = B * beam_size
-        self_kv = memory_kv.new_empty(L, 2, rows, H, max_new_tokens, Dh)
+        self_kv = memory_kv.new_empty(max_new_tokens, rows, L, 2, H, Dh)
         return DecoderCache(self_kv, memory_kv, additive_mask(padding, memory_kv.dtype))
 
     def step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
@@ -201,6 +211,6 @@ class TransformerDecoder(Decoder):
         weight = self.token_embedding.weight
         x = F.embedding(tokens, weight).mul_(self.embed_scale).add_(self.positions(1, position)).view(N, 1, -1)
         for index, layer in enumerate(self.layers):
-            x = layer.step(x, cache.self_kv[index], position, cache.memory_kv[index], cache.memory_mask)
+            x = layer.step(x, cache.layer(index), position, cache.memory_kv[index], cache.memory_mask)
         cache.length = position + 1
         return self.final_norm(x).view(N, -1)

@@ -4,9 +4,9 @@
   ``padding_mask (B, S)``, the cross-attention keys / values of every decoder layer
   ``memory_kv (L, 2, B, H, S, Dh)`` and the additive ``memory_mask (B, 1, 1, S)``: what the
   decoder's ``init_cache`` computes once per source.
-- decoder-step graph: ``tokens (N,)``, ``past_kv (L, 2, N, H, t, Dh)`` (the self-attention cache
+- decoder-step graph: ``tokens (N,)``, ``past_kv (t, N, L, 2, H, Dh)`` (the self-attention cache
   of the ``t`` positions decoded so far), ``memory_kv``, ``memory_mask`` -> next-token ``logits
-  (N, V)`` and ``present_kv (L, 2, N, H, t + 1, Dh)``. It runs the decoder's own ``step`` and the
+  (N, V)`` and ``present_kv (t + 1, N, L, 2, H, Dh)``. It runs the decoder's own ``step`` and the
   ``lm`` head's ``logits``, so it is the eager step, traced.
 
 `OnnxSeq2Seq` offers what `edh.ops.generation` reads from a model (``encoder``, a ``decoder``
@@ -62,24 +62,33 @@ class StepGraph(nn.Module):
 
     def forward(self, tokens: torch.Tensor, past_kv: torch.Tensor, memory_kv: torch.Tensor,
                 memory_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        from edh.decoders.transformer import DecoderCache
-
-        empty = torch.zeros_like(memory_kv[:, :, :, :, :1])  # (L, 2, N, H, 1, Dh): the new position's slot
-        grown = torch.cat([past_kv, empty], dim=4)
+        # (1, N, L, 2, H, Dh): the new position's slot, shaped from memory_kv (past_kv may hold no position)
+        empty = torch.zeros_like(memory_kv[:, :, :, :, :1]).permute(4, 2, 0, 1, 3, 5)
+        grown = torch.cat([past_kv, empty], dim=0)
         # one tensor per layer, not views of one: the exporter keeps in-place writes to a view local to
         # that view, so the step's writes must land in tensors the graph returns
-        layers = _LayerCaches(grown[index].clone() for index in range(grown.shape[0]))
-        layers.shape = grown.shape
-        cache = DecoderCache(layers, memory_kv, memory_mask, past_kv.shape[4])
+        cache = _StepCache([grown[:, :, index].clone() for index in range(grown.shape[2])], memory_kv, memory_mask,
+                           past_kv.shape[0])
         hidden = self.decoder.step(tokens, cache)  # (N, D); writes position t of every layer's cache
-        return {"logits": self.head.logits(hidden), "present_kv": torch.stack(list(layers))}
+        return {"logits": self.head.logits(hidden), "present_kv": torch.stack(cache.layers, dim=2)}
 
 
-class _LayerCaches(list):
-    """Per-layer self-attention caches ``[(2, N, H, T, Dh)]`` with the ``shape`` of the stacked tensor
-    (what `DecoderCache` reads for its capacity)."""
+@dataclass
+class _StepCache:
+    """What `TransformerDecoder.step` reads from a `DecoderCache`, with one tensor per layer
+    ``(t + 1, N, 2, H, Dh)``: the traced step writes position ``length`` of each."""
 
-    shape: torch.Size
+    layers: list[torch.Tensor]
+    memory_kv: torch.Tensor
+    memory_mask: torch.Tensor
+    length: int
+
+    @property
+    def capacity(self) -> int:
+        return self.length + 1
+
+    def layer(self, index: int) -> torch.Tensor:
+        return self.layers[index]
 
 
 def step_path(path: str | Path) -> Path:
@@ -104,7 +113,7 @@ def _step_inputs(encoded: dict[str, torch.Tensor], past: int, seed: int, vocab: 
     memory_kv = encoded["memory_kv"]
     L, _, N, H, _, Dh = memory_kv.shape
     tokens = torch.randint(0, vocab, (N,), generator=generator)
-    past_kv = torch.randn(L, 2, N, H, past, Dh, generator=generator)
+    past_kv = torch.randn(past, N, L, 2, H, Dh, generator=generator)
     return tokens, past_kv, memory_kv, encoded["memory_mask"]
 
 
@@ -135,9 +144,9 @@ def export_translator(run: Any, out: Path, heads: list[str] | None, opset: int, 
         encoded = encoder_graph(example)
     export_graph(step_graph, _step_inputs(encoded, 2, 0, vocab), steps,
                  ["tokens", "past_kv", "memory_kv", "memory_mask"], opset,
-                 dynamic_axes={"tokens": {0: "rows"}, "past_kv": {2: "rows", 4: "past"},
+                 dynamic_axes={"tokens": {0: "rows"}, "past_kv": {0: "past", 1: "rows"},
                                "memory_kv": {2: "rows", 4: "source"}, "memory_mask": {0: "rows", 3: "source"},
-                               "logits": {0: "rows"}, "present_kv": {2: "rows", 4: "present"}},
+                               "logits": {0: "rows"}, "present_kv": {0: "present", 1: "rows"}},
                  metadata={**common, "kind": "seq2seq-step"})
     checks = {out.name: check_graph(out, EncoderGraph(run.model).eval(), (probe,), tolerance)}
     with torch.inference_mode():
@@ -181,10 +190,10 @@ class OnnxCache:
 
     @property
     def length(self) -> int:
-        return self.self_kv.shape[4]
+        return self.self_kv.shape[0]
 
     def select(self, rows: torch.Tensor) -> None:
-        self.self_kv = np.ascontiguousarray(self.self_kv[:, :, rows.cpu().numpy()])
+        self.self_kv = np.ascontiguousarray(self.self_kv[:, rows.cpu().numpy()])
 
 
 class OnnxEncoder:
@@ -212,7 +221,7 @@ class OnnxDecoder:
         if beam_size > 1:
             memory_kv, mask = np.repeat(memory_kv, beam_size, axis=2), np.repeat(mask, beam_size, axis=0)
         L, two, N, H, _, Dh = memory_kv.shape
-        return OnnxCache(np.zeros((L, two, N, H, 0, Dh), dtype=memory_kv.dtype), memory_kv, mask, max_new_tokens)
+        return OnnxCache(np.zeros((0, N, L, two, H, Dh), dtype=memory_kv.dtype), memory_kv, mask, max_new_tokens)
 
     def step(self, tokens: torch.Tensor, cache: OnnxCache) -> torch.Tensor:
         if cache.length >= cache.capacity:

@@ -37,6 +37,7 @@ class ClassificationHead(Head):
 
     accepts = ("pyramid", "sequence", "vector")
     task = "classification"
+    function = "global pooling + dropout + linear to class scores"
     reads_level = -1  # the deepest pyramid level
 
     def __init__(self, in_spec: FeatureSpec, num_classes: int, class_names: list[str] | None = None,

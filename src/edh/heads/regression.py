@@ -34,6 +34,7 @@ class RegressionHead(Head):
 
     accepts = ("pyramid", "sequence", "vector")
     task = "regression"
+    function = "global pooling + MLP to real values"
     reads_level = -1
 
     def __init__(self, in_spec: FeatureSpec, num_outputs: int = 1, hidden: int = 128, loss: str = "smooth_l1",

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edh.decoders.unet import crop_to
 from edh.features import FeatureSpec
 from edh.heads.base import Head
 from edh.registry import register_head
@@ -98,7 +99,7 @@ class SegmentationHead(Head):
         if input_size is not None:
             if logits.shape[-2] < input_size[0] or logits.shape[-1] < input_size[1]:
                 return F.interpolate(logits, size=tuple(input_size), mode="bilinear", align_corners=False)
-            logits = logits[..., :input_size[0], :input_size[1]]
+            logits = crop_to(logits, input_size)  # no-op when it fits: a full slice would cost a copy in backward
         return logits  # (B, K, H, W)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -71,14 +71,16 @@ class SelfAttention(nn.Module):
 
         Args:
             x: ``(N, 1, D)``.
-            cache: ``(2, N, H, T_max, Dh)`` keys and values of this layer, written in place.
+            cache: ``(T_max, N, 2, H, Dh)`` keys and values of this layer (time first), written in place.
             position: index of the new position.
         """
         N, _, D = x.shape
-        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(N, 3, self.num_heads, 1, self.head_dim)
-        cache[:, :, :, position:position + 1] = qkv[:, 1:].transpose(0, 1)  # one copy for K and V
-        end = position + 1
-        y = F.scaled_dot_product_attention(qkv[:, 0], cache[0, :, :, :end], cache[1, :, :, :end])  # (N, H, 1, Dh)
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(N, 3, self.num_heads, self.head_dim)
+        cache[position] = qkv[:, 1:]  # one copy for K and V
+        written = cache[:position + 1]  # (t, N, 2, H, Dh)
+        k = written[:, :, 0].permute(1, 2, 0, 3)  # (N, H, t, Dh)
+        v = written[:, :, 1].permute(1, 2, 0, 3)
+        y = F.scaled_dot_product_attention(qkv[:, 0, :, None], k, v)  # (N, H, 1, Dh)
         return F.linear(y.reshape(N, 1, D), self.out.weight, self.out.bias)
 
 

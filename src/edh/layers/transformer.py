@@ -97,7 +97,7 @@ class DecoderLayer(nn.Module):
 
         Args:
             x: ``(N, 1, D)``.
-            cache: ``(2, N, H, T_max, Dh)`` this layer's self-attention keys / values (written in place).
+            cache: ``(T_max, N, 2, H, Dh)`` this layer's self-attention keys / values (written in place).
             position: index of the new position.
             memory_kv: ``(2, N, H, S, Dh)`` this layer's cross-attention keys / values.
             memory_mask: ``(N, 1, 1, S)`` additive float mask, or None.
