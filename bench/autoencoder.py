@@ -11,15 +11,12 @@ the cores other processes used meanwhile. Writes bench/results/autoencoder.json.
 from __future__ import annotations
 
 import argparse
-import shutil
-import time
 from pathlib import Path
 
 import torch
-from segmentation_accuracy import load_spec_with, machine_busy_seconds, own_cpu_seconds, write_rows
+from training import load_spec_with, timed_train, write_rows
 
 from edh.evaluate import evaluate_run
-from edh.train.runner import train_run
 
 CASES = {  # name: (config, target PSNR dB, budget seconds)
     "autoencoder": ("autoencoder-digits.yaml", 22.0, 120),
@@ -29,16 +26,11 @@ CASES = {  # name: (config, target PSNR dB, budget seconds)
 
 def run_case(name: str, out: Path) -> dict:
     config, target, budget = CASES[name]
-    spec = load_spec_with(config, {})
-    shutil.rmtree(out / name, ignore_errors=True)
-    wall, cpu, busy = time.perf_counter(), own_cpu_seconds(), machine_busy_seconds()
-    run = train_run(spec, out / name, enable_progress_bar=False)
-    wall, cpu, busy = time.perf_counter() - wall, own_cpu_seconds() - cpu, machine_busy_seconds() - busy
+    run, times = timed_train(load_spec_with(config), out / name)
     test = evaluate_run(run, "test", progress=False).metrics["decoder"]
-    met = None if target is None else test["psnr"] >= target and wall <= budget
+    met = None if target is None else test["psnr"] >= target and times["seconds"] <= budget
     return {"case": name, "config": f"configs/{config}", "test_psnr_db": round(test["psnr"], 2),
-            "test_ssim": round(test["ssim"], 4), "seconds": round(wall, 1), "alone_on_2_cores_s": round(cpu / 2, 1),
-            "others_cores": round(max(0.0, busy - cpu) / wall, 2), "target_psnr_db": target, "budget_s": budget,
+            "test_ssim": round(test["ssim"], 4), **times, "target_psnr_db": target, "budget_s": budget,
             "threads": torch.get_num_threads(), "met": met}
 
 
@@ -59,7 +51,7 @@ def main() -> None:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
         print(f"{r['case']:<12} {r['test_psnr_db']:>7.2f} {r['test_ssim']:>6.3f} {target:>6} {r['seconds']:>7.1f} "
               f"{r['alone_on_2_cores_s']:>7.1f} {r['others_cores']:>6.2f}  {met}")
-    write_rows(Path(__file__).resolve().parent / "results" / "autoencoder.json", rows)
+    write_rows("autoencoder", rows)
 
 
 if __name__ == "__main__":

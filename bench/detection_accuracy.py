@@ -15,16 +15,11 @@ seconds / 2 cores is what the run would take alone on 2 cores. Prints a table an
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
-import time
 from pathlib import Path
 
-from edh.demo import config_path
+from training import epochs_done, load_spec_with, timed_train, write_rows
+
 from edh.evaluate import evaluate_run
-from edh.spec import parse_run_spec, read_yaml
-from edh.train.runner import train_run
 
 CASES = {  # name: (config, overrides, target mAP@0.5, budget seconds)
     "yolo-scenes": ("detector-yolo-scenes.yaml", {}, 0.80, 600),
@@ -32,57 +27,19 @@ CASES = {  # name: (config, overrides, target mAP@0.5, budget seconds)
 }
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine has been busy, all processes (from /proc/stat)."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def load_spec_with(config: str, overrides: dict) -> object:
-    data = read_yaml(config_path(config))
-    for dotted, value in overrides.items():
-        node = data
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[last] = value
-    return parse_run_spec(data, config)
-
-
 def run_case(name: str, out: Path, cap: bool = True) -> dict:
     config, overrides, target, budget = CASES[name]
-    spec = load_spec_with(config, overrides)
-    shutil.rmtree(out / name, ignore_errors=True)  # a fresh run folder, no checkpoint left from before
-    wall, cpu, busy = time.perf_counter(), own_cpu_seconds(), machine_busy_seconds()
     stop = {"max_time": {"seconds": budget}} if budget and cap else {}
-    run = train_run(spec, out / name, enable_progress_bar=False, **stop)
-    wall, cpu, busy = time.perf_counter() - wall, own_cpu_seconds() - cpu, machine_busy_seconds() - busy
+    run, times = timed_train(load_spec_with(config, overrides), out / name, **stop)
     head = next(iter(run.model.heads))
     val = evaluate_run(run, "val", progress=False).metrics[head]
     test = evaluate_run(run, "test", progress=False).metrics[head]
-    epochs = _epochs_done(out / name)
-    met = None if target is None else val["mAP@0.5"] >= target and wall <= budget * 1.05 + 60
+    epochs = epochs_done(out / name)
+    met = None if target is None else val["mAP@0.5"] >= target and times["seconds"] <= budget * 1.05 + 60
     return {"case": name, "config": f"configs/{config}", "overrides": overrides, "epochs_done": epochs,
             "val_map50": round(val["mAP@0.5"], 4), "val_map": round(val["mAP"], 4),
             "test_map50": round(test["mAP@0.5"], 4), "test_map": round(test["mAP"], 4),
-            "test_map75": round(test["mAP@0.75"], 4), "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
-            "alone_on_2_cores_s": round(cpu / 2, 1), "others_cores": round(max(0.0, busy - cpu) / wall, 2),
-            "target_map50": target, "budget_s": budget, "met": met}
-
-
-def _epochs_done(run_dir: Path) -> int:
-    """Epochs trained up to the last validation (from the run's metrics.csv)."""
-    import csv
-
-    metrics = run_dir / "metrics.csv"
-    rows = list(csv.DictReader(metrics.open())) if metrics.is_file() else []
-    return int(float(rows[-1]["epoch"])) + 1 if rows else 0
+            "test_map75": round(test["mAP@0.75"], 4), **times, "target_map50": target, "budget_s": budget, "met": met}
 
 
 def main() -> None:
@@ -102,9 +59,7 @@ def main() -> None:
               f"{r['test_map']:>8.4f} {target:>6} {r['seconds']:>7.1f} {r['alone_on_2_cores_s']:>7.1f} "
               f"{r['others_cores']:>6.2f}  {met}")
     print("(others: cores other processes used on average during the run; cpu/2: this run's CPU time over 2 cores)")
-    path = Path(__file__).resolve().parent / "results" / "detection_accuracy.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=2))
+    write_rows("detection_accuracy", rows)
 
 
 if __name__ == "__main__":

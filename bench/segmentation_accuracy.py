@@ -12,18 +12,12 @@ Prints a table and writes bench/results/segmentation_accuracy.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
-import time
 from pathlib import Path
 
 import torch
+from training import load_spec_with, timed_train, write_rows
 
-from edh.demo import config_path
 from edh.evaluate import evaluate_run
-from edh.spec import parse_run_spec, read_yaml
-from edh.train.runner import train_run
 
 CASES = {  # name: (config, overrides, target mIoU, budget seconds)
     "unet-resnet18": ("unet-scenes.yaml", {}, 0.85, 300),
@@ -32,44 +26,15 @@ CASES = {  # name: (config, overrides, target mIoU, budget seconds)
 }
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine has been busy, all processes (from /proc/stat)."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def load_spec_with(config: str, overrides: dict) -> object:
-    data = read_yaml(config_path(config))
-    for dotted, value in overrides.items():
-        node = data
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[last] = value
-    return parse_run_spec(data, config)
-
-
 def run_case(name: str, out: Path) -> dict:
     config, overrides, target, budget = CASES[name]
-    spec = load_spec_with(config, overrides)
-    shutil.rmtree(out / name, ignore_errors=True)  # a fresh run folder, no checkpoint left from before
-    wall, cpu, busy = time.perf_counter(), own_cpu_seconds(), machine_busy_seconds()
-    run = train_run(spec, out / name, enable_progress_bar=False)
-    wall, cpu, busy = time.perf_counter() - wall, own_cpu_seconds() - cpu, machine_busy_seconds() - busy
+    run, times = timed_train(load_spec_with(config, overrides), out / name)
     val = evaluate_run(run, "val", progress=False).metrics["mask"]
     test = evaluate_run(run, "test", progress=False).metrics["mask"]
-    met = None if target is None else val["miou"] >= target and wall <= budget
+    met = None if target is None else val["miou"] >= target and times["seconds"] <= budget
     return {"case": name, "config": f"configs/{config}", "overrides": overrides, "val_miou": round(val["miou"], 4),
-            "test_miou": round(test["miou"], 4), "test_pixel_acc": round(test["pixel_acc"], 4),
-            "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "alone_on_2_cores_s": round(cpu / 2, 1),
-            "others_cores": round(max(0.0, busy - cpu) / wall, 2), "target_miou": target, "budget_s": budget,
-            "threads": torch.get_num_threads(), "met": met}
+            "test_miou": round(test["miou"], 4), "test_pixel_acc": round(test["pixel_acc"], 4), **times,
+            "target_miou": target, "budget_s": budget, "threads": torch.get_num_threads(), "met": met}
 
 
 def main() -> None:
@@ -91,17 +56,5 @@ def main() -> None:
         print(f"{r['case']:<14} {r['val_miou']:>8.4f} {r['test_miou']:>9.4f} {target:>6} {r['seconds']:>7.1f} "
               f"{r['alone_on_2_cores_s']:>7.1f} {r['others_cores']:>6.2f}  {met}")
     print("(others: cores other processes used on average during the run; cpu/2: this run's CPU time over 2 cores)")
-    write_rows(Path(__file__).resolve().parent / "results" / "segmentation_accuracy.json", rows)
+    write_rows("segmentation_accuracy", rows)
 
-
-def write_rows(path: Path, rows: list[dict]) -> None:
-    """Merge ``rows`` into the JSON list at ``path`` by ``case`` (cases not run this time are kept)."""
-    old = json.loads(path.read_text()) if path.is_file() else []
-    fresh = {r["case"] for r in rows}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([r for r in old if r.get("case") not in fresh] + rows, indent=2))
-    print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -15,13 +15,10 @@ Prints a table and the examples; writes bench/results/translation_accuracy.json.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
-from edh.demo import config_path
-from edh.spec import load_spec
-from edh.train.runner import train_run
+from training import epochs_done, load_spec_with, timed_train, write_rows
+
 from edh.translate import evaluate_translation
 
 CASES = {  # config, targets, training budget in seconds
@@ -33,17 +30,13 @@ CASES = {  # config, targets, training budget in seconds
 def run_case(name: str, out: Path, de_en_minutes: float) -> dict:
     config, targets, budget = CASES[name]
     budget = budget or int(de_en_minutes * 60)
-    start = time.perf_counter()
-    # fit stops early enough that data preparation + fit + the final test pass fit in the budget
-    run = train_run(load_spec(config_path(config)), out / name, enable_progress_bar=False,
-                    max_time={"seconds": max(60, budget - 45)})
-    seconds = time.perf_counter() - start
+    # fit stops early enough that data preparation + fit + the final validation fit in the budget
+    run, times = timed_train(load_spec_with(config), out / name, max_time={"seconds": max(60, budget - 45)})
     evaluation = evaluate_translation(run, "test", progress=False, examples=8)
     metrics = evaluation.metrics["tokens"]
-    epochs = len((out / name / "metrics.csv").read_text().splitlines()) - 1
-    met = (all(metrics[k] >= v for k, v in targets.items()) and seconds <= budget) if targets else None
-    return {"case": name, "config": f"configs/{config}", "test_sentences": evaluation.count, "epochs_run": epochs,
-            "train_seconds": round(seconds, 1), "budget_s": budget,
+    met = (all(metrics[k] >= v for k, v in targets.items()) and times["seconds"] <= budget) if targets else None
+    return {"case": name, "config": f"configs/{config}", "test_sentences": evaluation.count,
+            "epochs_run": epochs_done(out / name), "train_seconds": times["seconds"], **times, "budget_s": budget,
             **{k: round(v, 4) for k, v in metrics.items()}, "targets": targets, "met": met,
             "examples": evaluation.reports["tokens"]}
 
@@ -62,10 +55,7 @@ def main() -> None:
               f"{r['bleu']:>6.2f} {r['chrf']:>6.2f} {r['exact_match']:>6.3f}  {met}   targets: {r['targets'] or 'none'}")
     for r in rows:
         print(f"\n{r['case']}:\n" + "\n".join(r["examples"]))
-    out = Path("bench/results/translation_accuracy.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2))
-    print(f"\nwrote {out}")
+    write_rows("translation_accuracy", rows)
 
 
 if __name__ == "__main__":

@@ -200,3 +200,16 @@ def test_maybe_compile_really_compiles_and_matches_eager():
     x = perf.to_channels_last(x)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x)["label"], prepared(x)["label"], atol=1e-4, rtol=1e-4)
+
+
+def test_fold_batchnorm_folds_a_transposed_conv_decoder():
+    torch.manual_seed(0)
+    model = edh.build(encoder={"name": "conv", "channels": [8, 16], "in_channels": 1},
+                      decoder={"name": "conv_transpose", "out_channels": 1, "latent_dim": 8, "image_size": 8,
+                               "norm": True}, heads={})
+    model = _randomize_batchnorm(model).eval()
+    x = torch.randn(2, 1, 8, 8)
+    folded = perf.fold_batchnorm(model)
+    assert _count(model.decoder, nn.BatchNorm2d) > 0 and _count(folded, nn.BatchNorm2d) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x)["decoder"], model(x)["decoder"], atol=1e-4, rtol=1e-4)

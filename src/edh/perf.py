@@ -27,7 +27,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 log = logging.getLogger(__name__)
 
-_PAIRS = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d))
+_PAIRS = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d),
+          (nn.ConvTranspose1d, nn.BatchNorm1d), (nn.ConvTranspose2d, nn.BatchNorm2d), (nn.ConvTranspose3d, nn.BatchNorm3d))
 
 
 def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
@@ -90,8 +91,9 @@ def _set_child(root: nn.Module, path: str, child: nn.Module) -> None:
 def fold_batchnorm(module: nn.Module) -> nn.Module:
     """A copy of ``module`` in eval mode with every ``Conv -> BatchNorm`` pair fused into one conv.
 
-    A pair is folded where the BatchNorm directly follows the conv: adjacent in an ``nn.Sequential``
-    (e.g. `edh.layers.conv.ConvNormAct`, a ResNet ``downsample``), or, in any other module, where
+    A pair (a conv or transposed conv, then BatchNorm) is folded where the BatchNorm directly follows
+    the conv: adjacent in an ``nn.Sequential`` (e.g. `edh.layers.conv.ConvNormAct`, a ResNet
+    ``downsample``, a ``conv_transpose`` decoder block), or, in any other module, where
     ``forward`` passes the conv's output straight and only to the BatchNorm (``bn1(conv1(x))`` in a
     ResNet block), as torch.fx finds by tracing that module's own ``forward``. The conv gets the
     folded weight and bias; the BatchNorm becomes ``nn.Identity``. Modules whose ``forward`` does
@@ -119,7 +121,8 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
             conv, norm = sub.get_submodule(conv_path), sub.get_submodule(norm_path)
             if places[id(conv)] != 1 or places[id(norm)] != 1:
                 continue
-            _set_child(sub, conv_path, fuse_conv_bn_eval(conv, norm))
+            transpose = isinstance(conv, nn.modules.conv._ConvTransposeNd)
+            _set_child(sub, conv_path, fuse_conv_bn_eval(conv, norm, transpose=transpose))
             _set_child(sub, norm_path, nn.Identity())
     return folded
 

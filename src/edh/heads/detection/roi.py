@@ -162,8 +162,8 @@ class RoIHeads(nn.Module):
         scores = F.softmax(outputs["class_logits"], -1)
         deltas = outputs["box_regression"].reshape(len(scores), -1, 4)
         results = []
-        for image_scores, image_deltas, image_proposals in zip(scores.split([len(p) for p in proposals]),
-                                                               deltas.split([len(p) for p in proposals]), proposals):
+        for image_scores, image_deltas, image_proposals in zip(scores.split([p.shape[0] for p in proposals]),
+                                                               deltas.split([p.shape[0] for p in proposals]), proposals):
             region, label = torch.where(image_scores[:, 1:] > score_thresh)  # region-major, like torchvision
             label = label + 1
             boxes = self.box_coder.decode_single(image_deltas[region, label], image_proposals[region])
