@@ -14,8 +14,9 @@ import argparse
 from pathlib import Path
 
 import torch
-from training import load_spec_with, timed_train, write_rows
+from training import timed_train, write_rows
 
+from edh.demo import load_config
 from edh.evaluate import evaluate_run
 
 CASES = {  # name: (config, target PSNR dB, budget seconds)
@@ -26,7 +27,7 @@ CASES = {  # name: (config, target PSNR dB, budget seconds)
 
 def run_case(name: str, out: Path) -> dict:
     config, target, budget = CASES[name]
-    run, times = timed_train(load_spec_with(config), out / name)
+    run, times = timed_train(load_config(config), out / name)
     test = evaluate_run(run, "test", progress=False).metrics["decoder"]
     met = None if target is None else test["psnr"] >= target and times["seconds"] <= budget
     return {"case": name, "config": f"configs/{config}", "test_psnr_db": round(test["psnr"], 2),

@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training import load_spec_with, timed_train, write_rows
+from training import timed_train, write_rows
 
+from edh.demo import load_config
 from edh.evaluate import evaluate_run
 
 CASES = {
@@ -30,7 +31,7 @@ def main() -> None:
     rows = []
     for name in args.only:
         config, target, budget = CASES[name]
-        run, times = timed_train(load_spec_with(config), Path(args.out) / name)
+        run, times = timed_train(load_config(config), Path(args.out) / name)
         accuracy = evaluate_run(run, "test", progress=False).metrics["label"]["acc"]
         rows.append({"case": name, "config": f"configs/{config}", "test_acc": round(accuracy, 4), **times,
                      "target_acc": target, "budget_s": budget,

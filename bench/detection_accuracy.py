@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training import epochs_done, load_spec_with, timed_train, write_rows
+from training import epochs_done, timed_train, write_rows
 
+from edh.demo import load_config
 from edh.evaluate import evaluate_run
 
 CASES = {  # name: (config, overrides, target mAP@0.5, budget seconds)
@@ -30,7 +31,7 @@ CASES = {  # name: (config, overrides, target mAP@0.5, budget seconds)
 def run_case(name: str, out: Path, cap: bool = True) -> dict:
     config, overrides, target, budget = CASES[name]
     stop = {"max_time": {"seconds": budget}} if budget and cap else {}
-    run, times = timed_train(load_spec_with(config, overrides), out / name, **stop)
+    run, times = timed_train(load_config(config, overrides), out / name, **stop)
     head = next(iter(run.model.heads))
     val = evaluate_run(run, "val", progress=False).metrics[head]
     test = evaluate_run(run, "test", progress=False).metrics[head]

@@ -20,8 +20,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from training import load_spec_with, timed_train, write_rows
+from training import timed_train, write_rows
 
+from edh.demo import load_config
 from edh.evaluate import evaluate_run
 
 SEG_CLS = "multitask-seg-cls-scenes.yaml"
@@ -36,7 +37,7 @@ METRICS = {"mask": ("miou",), "label": ("acc",), "detections": ("mAP@0.5", "mAP"
 
 def run_case(name: str, out: Path) -> dict[str, Any]:
     config, overrides = CASES[name]
-    run, times = timed_train(load_spec_with(config, overrides), out / name)
+    run, times = timed_train(load_config(config, overrides), out / name)
     val = evaluate_run(run, "val", progress=False).metrics
     metrics = {f"val_{head}_{key}": round(float(val[head][key]), 4)
                for head in run.model.heads for key in METRICS.get(head, ())}

@@ -15,8 +15,9 @@ import argparse
 from pathlib import Path
 
 import torch
-from training import load_spec_with, timed_train, write_rows
+from training import timed_train, write_rows
 
+from edh.demo import load_config
 from edh.evaluate import evaluate_run
 
 CASES = {  # name: (config, overrides, target mIoU, budget seconds)
@@ -28,7 +29,7 @@ CASES = {  # name: (config, overrides, target mIoU, budget seconds)
 
 def run_case(name: str, out: Path) -> dict:
     config, overrides, target, budget = CASES[name]
-    run, times = timed_train(load_spec_with(config, overrides), out / name)
+    run, times = timed_train(load_config(config, overrides), out / name)
     val = evaluate_run(run, "val", progress=False).metrics["mask"]
     test = evaluate_run(run, "test", progress=False).metrics["mask"]
     met = None if target is None else val["miou"] >= target and times["seconds"] <= budget

@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edh.demo import config_path
-from edh.spec import RunSpec, parse_run_spec, read_yaml
+from edh.spec import RunSpec
 from edh.train.runner import train_run
 
 
@@ -32,22 +31,6 @@ def own_cpu_seconds() -> float:
     """CPU seconds of this process and its finished children (data-loader workers)."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
-
-
-def load_spec_with(config: str, overrides: dict[str, Any] | None = None) -> RunSpec:
-    """A shipped config (``configs/NAME``) with dotted-key overrides (``{"train.epochs": 3}``);
-    a key set to None is removed (``{"model.heads.label": None}``)."""
-    data = read_yaml(config_path(config))
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        if value is None:
-            node.pop(last, None)
-        else:
-            node[last] = value
-    return parse_run_spec(data, config)
 
 
 def timed_train(spec: RunSpec, out: Path, **trainer_options: Any) -> tuple[Any, dict[str, float]]:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training import epochs_done, load_spec_with, timed_train, write_rows
+from training import epochs_done, timed_train, write_rows
 
+from edh.demo import load_config
 from edh.translate import evaluate_translation
 
 CASES = {  # config, targets, training budget in seconds
@@ -31,7 +32,7 @@ def run_case(name: str, out: Path, de_en_minutes: float) -> dict:
     config, targets, budget = CASES[name]
     budget = budget or int(de_en_minutes * 60)
     # fit stops early enough that data preparation + fit + the final validation fit in the budget
-    run, times = timed_train(load_spec_with(config), out / name, max_time={"seconds": max(60, budget - 45)})
+    run, times = timed_train(load_config(config), out / name, max_time={"seconds": max(60, budget - 45)})
     evaluation = evaluate_translation(run, "test", progress=False, examples=8)
     metrics = evaluation.metrics["tokens"]
     met = (all(metrics[k] >= v for k, v in targets.items()) and times["seconds"] <= budget) if targets else None

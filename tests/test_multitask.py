@@ -137,3 +137,17 @@ def test_diagram(tmp_path, suffix):
     run_edh("diagram", spec, "--out", out, "--input-size", "16")
     data = out.read_bytes()
     assert data.startswith(b"\x89PNG") if suffix == ".png" else b"Head:count" in data and b"<svg" in data
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["multitask-seg-cls-scenes.yaml", "multitask-det-seg-count-scenes.yaml"])
+def test_shipped_multitask_configs_train_and_evaluate_every_head(tmp_path, config):
+    from edh.demo import Demo, run_demo
+
+    small = {"data.num_train": 32, "data.num_val": 16, "data.num_test": 16, "data.batch_size": 8}
+    result = run_demo(Demo("multitask", "multi-task", config, small), tmp_path, quick=True)
+    spec = yaml.safe_load((result.run_dir / "spec.yaml").read_text())
+    assert set(result.metrics) == set(spec["model"]["heads"]) and len(result.metrics) >= 2
+    assert all(np.isfinite(v) for metrics in result.metrics.values() for v in metrics.values())
+    roles = [row.role for row in result.description.rows]
+    assert all(f"Head:{name}" in roles for name in spec["model"]["heads"]), roles

@@ -30,6 +30,8 @@ DEMOS = [
          "autoencoder-digits.yaml", {"train.epochs": 10}),
     Demo("translator", "translator (Transformer encoder-decoder + LM head) on numbers, English -> French",
          "translator-numbers.yaml", {"train.epochs": 1}),
+    Demo("multitask", "multi-task U-Net on scenes: a mask head after the decoder + a class head after the encoder",
+         "multitask-seg-cls-scenes.yaml", {"train.epochs": 2}),
 ]
 
 
@@ -79,21 +81,29 @@ def example_pictures(run, out_dir: Path, count: int = 8) -> list[Path]:
     return written[:4]
 
 
-def run_demo(demo: Demo, out_root: Path, quick: bool = False) -> DemoResult:
-    from edh.evaluate import evaluate_run
+def load_config(name: str, overrides: dict[str, Any] | None = None):
+    """The shipped config ``name`` as a `RunSpec`, with dotted-key ``overrides`` applied first
+    (``{"train.epochs": 2}``; a value of None removes the key: ``{"model.heads.label": None}``)."""
     from edh.spec import parse_run_spec, read_yaml
-    from edh.train.runner import train_run
 
-    data = read_yaml(config_path(demo.config))
-    for dotted, value in demo.overrides.items():
+    data = read_yaml(config_path(name))
+    for dotted, value in (overrides or {}).items():
         node = data
         *parents, last = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
-        node[last] = value
-    if quick:
-        data.setdefault("train", {})["epochs"] = 1
-    spec = parse_run_spec(data, demo.config)
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return parse_run_spec(data, name)
+
+
+def run_demo(demo: Demo, out_root: Path, quick: bool = False) -> DemoResult:
+    from edh.evaluate import evaluate_run
+    from edh.train.runner import train_run
+
+    spec = load_config(demo.config, {**demo.overrides, **({"train.epochs": 1} if quick else {})})
     run_dir = out_root / demo.name
     start = time.perf_counter()
     extra = {"max_steps": 3, "limit_val_batches": 2, "limit_test_batches": 2} if quick else {}

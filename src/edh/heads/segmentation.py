@@ -158,10 +158,11 @@ class SegmentationHead(Head):
 
     def write_predictions(self, prediction: dict[str, Any], images: torch.Tensor, paths: list[Path],
                           out_dir: Path) -> list[Path]:
-        """``<stem>.overlay.png`` per image: the image with the predicted classes in colour and a legend."""
+        """``<stem>.overlay.png`` per image: the image file (or, where there is none, the model input)
+        with the predicted classes in colour and a legend."""
         out_dir = Path(out_dir)
         return [overlay_png(path, prediction["mask"][index], self.class_names,
-                            out_dir / f"{Path(path).stem}.overlay.png")
+                            out_dir / f"{Path(path).stem}.overlay.png", image=images[index])
                 for index, path in enumerate(paths)]
 
 
@@ -174,9 +175,10 @@ def class_colours(num_classes: int) -> list[tuple[float, float, float]]:
 
 
 def overlay_png(image_path: str | Path, mask: torch.Tensor, class_names: list[str], path: Path,
-                alpha: float = 0.5) -> Path:
+                alpha: float = 0.5, image: torch.Tensor | None = None) -> Path:
     """The image at ``image_path`` (resized to the mask) with every non-background class of ``mask``
-    ``(H, W)`` painted in its colour, beside a legend of the classes present; written to ``path``."""
+    ``(H, W)`` painted in its colour, beside a legend of the classes present; written to ``path``.
+    Where ``image_path`` is not a file, the model input ``image`` ``(C, H, W)`` is shown instead."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,11 +187,16 @@ def overlay_png(image_path: str | Path, mask: torch.Tensor, class_names: list[st
     from matplotlib.patches import Patch
     from PIL import Image
 
-    from edh.plots import save_figure
+    from edh.plots import display_image, save_figure
 
     mask = mask.cpu().numpy()
-    with Image.open(image_path) as original:
-        picture = np.asarray(original.convert("RGB").resize(mask.shape[::-1], Image.BILINEAR), dtype=np.float32) / 255
+    if image is not None and not Path(image_path).is_file():
+        picture = display_image(F.interpolate(image[None].float(), size=mask.shape, mode="bilinear")[0])
+        picture = np.repeat(picture[..., None], 3, axis=2) if picture.ndim == 2 else picture
+    else:
+        with Image.open(image_path) as original:
+            picture = np.asarray(original.convert("RGB").resize(mask.shape[::-1], Image.BILINEAR),
+                                 dtype=np.float32) / 255
     colours = np.array(class_colours(len(class_names)), dtype=np.float32)
     painted = np.where((mask > 0)[..., None], (1 - alpha) * picture + alpha * colours[mask], picture)
     present = [int(c) for c in np.unique(mask) if c > 0]
