@@ -28,7 +28,6 @@ import gc
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from common import (Contender, apply_threads, base_parser, environment, format_ratio, measure, noisy_warning,
                     print_table, ratio, seed_everything, summarize, write_json)
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import edh
-from edh.builder import build_component
 from edh.data.base import build_data
 from edh.features import FeatureSpec
 from edh.heads.segmentation import SegmentationHead, dice_loss

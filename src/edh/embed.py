@@ -33,7 +33,7 @@ def embed_images(run: Run, paths: list[str | Path], role: str = "encoder", batch
     if name not in ("encoder", "decoder") or (level and not level.isdigit()):
         raise ValueError(f"--role must be encoder, encoder.N or decoder, got {role!r}")
     if name == "decoder" and model.decoder is None:
-        raise ValueError(f"this run's model has no decoder; use --role encoder")
+        raise ValueError("this run's model has no decoder; use --role encoder")
     if level:
         model.source_spec(role, "--role")  # checks the level exists
     rows = []

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from edh.data.base import DataBundle, DataFilesMissingError, DataInfo, split_indices
-from edh.data.tokenizer import EOS, TextTokenizer
+from edh.data.tokenizer import TextTokenizer
 from edh.registry import register_dataset
 
 log = logging.getLogger("edh")
