@@ -59,3 +59,7 @@ def main() -> None:
     print("(others: cores other processes used on average during the run; cpu/2: this run's CPU time over 2 cores)")
     write_rows("segmentation_accuracy", rows)
 
+
+
+if __name__ == "__main__":
+    main()
