@@ -333,3 +333,16 @@ def test_ddp_two_cpu_processes_match_one(tmp_path):
         out = subprocess.run([*EDH, "eval", str(run_dir), "--json"], check=True, capture_output=True, text=True)
         accuracy[devices] = json.loads(out.stdout)["metrics"]["label"]["acc"]
     assert accuracy[2] > 0.9 and abs(accuracy[2] - accuracy[1]) <= DDP_TOLERANCE, accuracy
+
+
+def test_starting_over_in_a_run_folder_leaves_no_stale_checkpoint(tmp_path):
+    from edh.spec import parse_run_spec
+    from edh.train.runner import train_run
+
+    run_dir = tmp_path / "run"
+    train_run(parse_run_spec(tiny_run_spec(epochs=1)), run_dir, max_steps=2)
+    first = (run_dir / "last.ckpt").read_bytes()
+    train_run(parse_run_spec(tiny_run_spec(epochs=1, seed=1)), run_dir, max_steps=3)  # what `--force` does
+    assert sorted(p.name for p in run_dir.glob("*.ckpt")) == ["last.ckpt"]  # no last-v1.ckpt beside a stale one
+    assert (run_dir / "last.ckpt").read_bytes() != first
+    assert torch.load(run_dir / "last.ckpt", weights_only=True)["global_step"] == 3

@@ -10,7 +10,8 @@ from typing import Any
 from edh.data.base import DataBundle, DataInfo, build_data
 from edh.io import atomic_write_text
 from edh.registry import lookup
-from edh.run import CKPT_FILE, Run, load_run, read_run_spec, save_weights, write_spec
+from edh.run import (CKPT_FILE, CURVES_FILE, METRICS_FILE, WEIGHTS_FILE, Run, load_run, read_run_spec, save_weights,
+                     write_spec)
 from edh.spec import RunSpec, SpecError, to_dict
 
 log = logging.getLogger("edh")
@@ -171,6 +172,9 @@ def train_run(spec: RunSpec, run_dir: str | Path, resume: bool = False, init_fro
     bundle = build_data(spec.data.name, spec.data.options(), spec.data.seed)
     spec = resolve_spec(spec, bundle.info)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:  # starting over: no file of an earlier run may outlive it (a stale last.ckpt would be resumed)
+        for stale in (CKPT_FILE, WEIGHTS_FILE, METRICS_FILE, CURVES_FILE):
+            (run_dir / stale).unlink(missing_ok=True)
     write_spec(run_dir, spec, bundle.info)
     for name, text in bundle.files.items():  # e.g. the tokenizer fitted on the training split
         atomic_write_text(run_dir / name, text)
