@@ -144,3 +144,12 @@ def test_killed_run_resumes_and_finishes(tmp_path):
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(6))
     assert "acc" in edh("eval", run_dir).stdout
+
+
+def test_describe_input_size_is_height_by_width():
+    from edh.commands.describe import parse_size
+
+    assert parse_size("64") == (64, 64) and parse_size("64x48") == (64, 48) and parse_size(None) is None
+    for bad in ("3x64x64", "64xa", "0"):
+        with pytest.raises(ValueError, match="height x width"):
+            parse_size(bad)

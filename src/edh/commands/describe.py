@@ -16,7 +16,10 @@ def parse_size(text: str | None) -> tuple[int, ...] | None:
     try:
         parts = tuple(int(p) for p in text.lower().replace(",", "x").split("x"))
     except ValueError:
-        raise ValueError(f"--input-size must look like 224 or 224x160, got {text!r}") from None
+        parts = ()
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise ValueError(f"--input-size must look like 224 or 224x160 (height x width; channels come from the "
+                         f"spec), got {text!r}")
     return parts * 2 if len(parts) == 1 else parts
 
 
