@@ -72,12 +72,11 @@ def example_pictures(run, out_dir: Path, count: int = 8) -> list[Path]:
     for name, head in run.model.heads.items():
         prediction = head.predict(outputs[name], input_size=tuple(inputs.shape[-2:]))
         written += head.write_predictions(prediction, inputs, paths, out_dir / "examples" / name)
-    if not run.model.heads:
-        from edh.plots import labelled_grid
+    if not run.model.heads:  # an autoencoder: its decoder's first output is the reconstruction
+        from edh.predict import reconstruction_grid
 
-        pairs = torch.stack([t for pair in zip(inputs, outputs["decoder"]) for t in pair])
-        titles = [t for _ in items for t in ("input", "output")]
-        written.append(labelled_grid(pairs, titles, out_dir / "examples" / "reconstructions.png"))
+        pairs = [(inputs, outputs["decoder"][0][..., :inputs.shape[-2], :inputs.shape[-1]])]
+        written.append(reconstruction_grid(run, pairs, out_dir / "examples" / "reconstructions.png"))
     return written[:4]
 
 

@@ -69,7 +69,7 @@ def predict_images(run: Run, paths: list[str | Path], out_dir: str | Path | None
             reconstructed.append((inputs, outputs["decoder"][0][..., :inputs.shape[-2], :inputs.shape[-1]]))
         results += [ImagePrediction(p, l) for p, l in zip(chunk, lines)]
     if reconstructed and out_dir is not None:
-        written.append(_reconstruction_grid(run, reconstructed, Path(out_dir) / "reconstructions.png"))
+        written.append(reconstruction_grid(run, reconstructed, Path(out_dir) / "reconstructions.png"))
     for name, rows in records.items():
         if rows:
             import json
@@ -80,7 +80,7 @@ def predict_images(run: Run, paths: list[str | Path], out_dir: str | Path | None
     return results, written
 
 
-def _reconstruction_grid(run: Run, pairs: list[tuple[torch.Tensor, torch.Tensor]], path: Path, columns: int = 8) -> Path:
+def reconstruction_grid(run: Run, pairs: list[tuple[torch.Tensor, torch.Tensor]], path: Path, columns: int = 8) -> Path:
     """Inputs beside their reconstructions: rows of ``columns`` inputs, each above its reconstructions."""
     from edh.train.reconstruction import image_grid_png
 
