@@ -10,6 +10,7 @@ from torch import nn
 
 from edh.features import FeatureSpec, Sequence
 from edh.heads.base import Head
+from edh.layers import packed
 from edh.registry import register_head
 from edh.spec import SpecError
 
@@ -81,8 +82,9 @@ class LMHead(Head):
         return self.__dict__["_tied"].weight
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``(..., D)`` features -> ``(..., vocab_size)`` logits."""
-        return F.linear(hidden, self.weight, self.bias)
+        """``(..., D)`` features -> ``(..., vocab_size)`` logits (oneDNN-packed weight when decoding, see
+        `edh.layers.packed`)."""
+        return packed.linear(hidden, self.weight, self.bias)
 
     def forward(self, features: Sequence | torch.Tensor, **context: Any) -> torch.Tensor:
         hidden = features.features if isinstance(features, Sequence) else features

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edh.layers import packed
+
 
 def key_padding_mask(padding: torch.Tensor | None) -> torch.Tensor | None:
     """``(B, S)`` True-at-padding -> ``(B, 1, 1, S)`` True-where-attending, or None without padding."""
@@ -75,13 +77,13 @@ class SelfAttention(nn.Module):
             position: index of the new position.
         """
         N, _, D = x.shape
-        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(N, 3, self.num_heads, self.head_dim)
+        qkv = packed.linear(x, self.qkv.weight, self.qkv.bias).view(N, 3, self.num_heads, self.head_dim)
         cache[position] = qkv[:, 1:]  # one copy for K and V
         written = cache[:position + 1]  # (t, N, 2, H, Dh)
         k = written[:, :, 0].permute(1, 2, 0, 3)  # (N, H, t, Dh)
         v = written[:, :, 1].permute(1, 2, 0, 3)
         y = F.scaled_dot_product_attention(qkv[:, 0, :, None], k, v)  # (N, H, 1, Dh)
-        return F.linear(y.reshape(N, 1, D), self.out.weight, self.out.bias)
+        return packed.linear(y.reshape(N, 1, D), self.out.weight, self.out.bias)
 
 
 class CrossAttention(nn.Module):
@@ -129,6 +131,6 @@ class CrossAttention(nn.Module):
             mask: ``(N, 1, 1, S)`` additive float mask, or None.
         """
         N, _, D = x.shape
-        q = F.linear(x, self.q.weight, self.q.bias).view(N, self.num_heads, 1, self.head_dim)
+        q = packed.linear(x, self.q.weight, self.q.bias).view(N, self.num_heads, 1, self.head_dim)
         y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)  # (N, H, 1, Dh)
-        return F.linear(y.reshape(N, 1, D), self.out.weight, self.out.bias)
+        return packed.linear(y.reshape(N, 1, D), self.out.weight, self.out.bias)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edh.layers import packed
+
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 
 
@@ -35,4 +37,5 @@ class FeedForward(nn.Module):
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """Inference-only forward with no module-call overhead (used per generated token)."""
-        return F.linear(self.act(F.linear(x, self.fc1.weight, self.fc1.bias)), self.fc2.weight, self.fc2.bias)
+        hidden = self.act(packed.linear(x, self.fc1.weight, self.fc1.bias))
+        return packed.linear(hidden, self.fc2.weight, self.fc2.bias)

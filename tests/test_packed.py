@@ -1,0 +1,44 @@
+"""The oneDNN-packed linear used by decoding steps: same values as F.linear, only where nothing is
+differentiated or traced, and never stale after the weight changes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edh.layers import packed
+
+pytestmark = pytest.mark.skipif(not packed._AVAILABLE, reason="this PyTorch build has no oneDNN linear ops")
+
+
+def test_matches_f_linear_for_decoding_shapes():
+    torch.manual_seed(0)
+    weight, bias = torch.randn(96, 32), torch.randn(96)
+    for shape in [(8, 32), (3, 1, 32), (32, 32)]:
+        x = torch.randn(*shape)
+        with torch.inference_mode():
+            torch.testing.assert_close(packed.linear(x, weight, bias), F.linear(x, weight, bias), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(packed.linear(x, weight), F.linear(x, weight), atol=1e-5, rtol=1e-5)
+    assert weight in packed._PACKED  # the packed weight is cached
+
+
+def test_repacks_after_an_in_place_update():
+    weight = torch.nn.Parameter(torch.randn(16, 8))
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        before = packed.linear(x, weight)
+        weight.mul_(2.0)  # what an optimizer step or load_state_dict does
+        after = packed.linear(x, weight)
+    torch.testing.assert_close(after, 2.0 * before, atol=1e-5, rtol=1e-5)
+
+
+def test_autograd_and_tracing_take_the_plain_path():
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(2, 8, requires_grad=True)
+    packed.linear(x, layer.weight, layer.bias).sum().backward()  # with grad: F.linear, so backward works
+    assert x.grad is not None and layer.weight.grad is not None
+    assert layer.weight not in packed._PACKED
+    weight, bias = layer.weight.detach().clone(), layer.bias.detach().clone()
+    traced = torch.jit.trace(lambda a: packed.linear(a, weight, bias), torch.randn(2, 8))
+    assert "mkldnn" not in str(traced.graph)
