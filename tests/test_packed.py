@@ -21,6 +21,10 @@ def test_matches_f_linear_for_decoding_shapes():
             torch.testing.assert_close(packed.linear(x, weight, bias), F.linear(x, weight, bias), atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(packed.linear(x, weight), F.linear(x, weight), atol=1e-5, rtol=1e-5)
     assert weight in packed._PACKED  # the packed weight is cached
+    x, weight, bias = (t.bfloat16() for t in (torch.randn(8, 32), weight, bias))
+    with torch.inference_mode():
+        torch.testing.assert_close(packed.linear(x, weight, bias).float(), F.linear(x, weight, bias).float(),
+                                   atol=0.1, rtol=0.02)
 
 
 def test_repacks_after_an_in_place_update():
