@@ -101,6 +101,8 @@ def forward_contenders(arch: str, images: torch.Tensor) -> list[Contender]:
                   {"memory_format": "channels_last", "bn_folded": True, "dtype": "bf16 autocast"}),
         Contender("edh prepared bf16 weights + autocast", forward_step(edh_bf16_weights, images, True, bf16=True),
                   n, {"memory_format": "channels_last", "bn_folded": True, "dtype": "bf16 weights"}),
+        Contender("edh prepared bf16 weights, bf16 input", forward_step(edh_bf16_weights, images.bfloat16(), True), n,
+                  {"memory_format": "channels_last", "bn_folded": True, "dtype": "bf16 weights and input"}),
     ]
 
 
@@ -130,6 +132,8 @@ def ratios(forward_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]])
             ("edh bf16 autocast / edh prepared fp32, forward", forward["edh prepared + bf16 autocast"] / fast, 1.9),
             ("edh bf16 weights + autocast / edh prepared fp32, forward",
              forward["edh prepared bf16 weights + autocast"] / fast, 1.9),
+            ("edh bf16 weights, bf16 input / edh prepared fp32, forward",
+             forward["edh prepared bf16 weights, bf16 input"] / fast, 1.9),
             ("edh eager / timm default, forward (wrapper overhead)",
              forward["edh eager (as built)"] / forward["timm (default)"], None),
         ]
