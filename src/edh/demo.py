@@ -20,18 +20,18 @@ class Demo:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-DEMOS = [
+DEMOS = [  # short schedules: all six train and evaluate in about 6 minutes on the 2-core development machine
     Demo("classifier", "image classifier (ResNet-18) on digits", "digits-resnet18.yaml"),
     Demo("detector", "YOLO-style detector (ResNet-18 + FPN + FCOS-style head) on scenes", "detector-yolo-scenes.yaml",
-         {"train.epochs": 4, "trainer.check_val_every_n_epoch": 1}),
+         {"train.epochs": 8}),
     Demo("segmenter", "segmenter (U-Net: ResNet-18 encoder + U-Net decoder + 1x1 conv head) on scenes",
-         "unet-scenes.yaml", {"train.epochs": 2}),
+         "unet-scenes.yaml", {"train.epochs": 6}),
     Demo("autoencoder", "autoencoder (conv encoder + conv-transpose decoder, no head) on digits",
          "autoencoder-digits.yaml", {"train.epochs": 10}),
     Demo("translator", "translator (Transformer encoder-decoder + LM head) on numbers, English -> French",
          "translator-numbers.yaml", {"train.epochs": 1}),
     Demo("multitask", "multi-task U-Net on scenes: a mask head after the decoder + a class head after the encoder",
-         "multitask-seg-cls-scenes.yaml", {"train.epochs": 2}),
+         "multitask-seg-cls-scenes.yaml"),
 ]
 
 
