@@ -28,7 +28,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 log = logging.getLogger(__name__)
 
 _PAIRS = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d),
-          (nn.ConvTranspose1d, nn.BatchNorm1d), (nn.ConvTranspose2d, nn.BatchNorm2d), (nn.ConvTranspose3d, nn.BatchNorm3d))
+          (nn.ConvTranspose1d, nn.BatchNorm1d), (nn.ConvTranspose2d, nn.BatchNorm2d),
+          (nn.ConvTranspose3d, nn.BatchNorm3d))
 
 
 def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
