@@ -46,3 +46,11 @@ def test_autograd_and_tracing_take_the_plain_path():
     weight, bias = layer.weight.detach().clone(), layer.bias.detach().clone()
     traced = torch.jit.trace(lambda a: packed.linear(a, weight, bias), torch.randn(2, 8))
     assert "mkldnn" not in str(traced.graph)
+
+
+def test_weights_made_under_inference_mode_take_the_plain_path():
+    with torch.inference_mode():
+        weight = torch.randn(16, 8)  # an inference tensor: it has no version counter
+        x = torch.randn(4, 8)
+        torch.testing.assert_close(packed.linear(x, weight), F.linear(x, weight))
+    assert weight not in packed._PACKED

@@ -26,6 +26,7 @@ _PACKED = WeakTensorKeyDictionary()  # weight -> (its version when packed, the p
 def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (_AVAILABLE and x.device.type == "cpu" and x.dtype == weight.dtype
             and x.dtype in (torch.float32, torch.bfloat16) and weight.dim() == 2
+            and not weight.is_inference()  # made under inference_mode: no version counter to see changes by
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and not torch.jit.is_tracing() and not torch.jit.is_scripting()
             and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export())
