@@ -15,14 +15,13 @@ reported; results also go to ``bench/results/classification.json``.
 from __future__ import annotations
 
 import gc
-from typing import Any, Callable
+from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 import torchvision
-from common import (Contender, apply_threads, base_parser, environment, format_ratio, measure, noisy_warning,
-                    print_table, ratio, seed_everything, summarize, write_json)
+from common import (Contender, apply_threads, base_parser, environment, format_ratio, forward_step, measure,
+                    noisy_warning, print_table, ratio, seed_everything, sgd_train_step, summarize, write_json)
 
 import edh
 from edh.perf import autocast, prepare_for_inference, to_channels_last
@@ -41,36 +40,6 @@ def build(kind: str, arch: str) -> torch.nn.Module:
     if kind == "timm":
         return timm.create_model(arch, num_classes=NUM_CLASSES)
     return getattr(torchvision.models, arch)(num_classes=NUM_CLASSES)
-
-
-def forward_step(model: torch.nn.Module, images: torch.Tensor, channels_last: bool = False,
-                 bf16: bool = False) -> Callable[[], Any]:
-    def step() -> Any:
-        with torch.inference_mode(), autocast("cpu", enabled=bf16):
-            return model(to_channels_last(images) if channels_last else images)
-
-    return step
-
-
-def train_step(kind: str, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-               channels_last: bool) -> Callable[[], float]:
-    model.train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step() -> float:
-        outputs = model(to_channels_last(images) if channels_last else images)
-        if kind == "edh":  # edh's own loss path: the head's loss on the head's output
-            loss = model.heads["label"].loss(outputs["label"], labels)["ce"]
-        else:
-            loss = F.cross_entropy(outputs, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
-    return step
 
 
 def forward_contenders(arch: str, images: torch.Tensor) -> list[Contender]:
@@ -111,7 +80,7 @@ def train_contenders(arch: str, images: torch.Tensor, labels: torch.Tensor) -> l
     for kind in ("edh", "timm", "torchvision"):
         for channels_last in (False, True):
             name = f"{kind} {'channels_last' if channels_last else 'contiguous'}"
-            step = train_step(kind, build(kind, arch), images, labels, channels_last)
+            step = sgd_train_step(kind, build(kind, arch), images, labels, "label", channels_last)
             contenders.append(Contender(name, step, images.shape[0], {"kind": kind}))
     return contenders
 

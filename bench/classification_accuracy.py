@@ -9,10 +9,9 @@ bench/results/classification_accuracy.json.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from training import timed_train, write_rows
+from training import accuracy_parser, parse_and_apply, timed_train, write_rows
 
 from edh.demo import load_config
 from edh.evaluate import evaluate_run
@@ -24,10 +23,7 @@ CASES = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=sorted(CASES), default=sorted(CASES))
-    parser.add_argument("--out", default="runs/bench")
-    args = parser.parse_args()
+    args = parse_and_apply(accuracy_parser(__doc__.splitlines()[0], sorted(CASES), sorted(CASES)))
     rows = []
     for name in args.only:
         config, target, budget = CASES[name]

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
+
+from edh.perf import autocast, to_channels_last
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -48,7 +51,7 @@ def seed_everything(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-def _busy_cpu_seconds() -> float:
+def machine_busy_seconds() -> float:
     """CPU seconds the whole machine has been busy (all processes, incl. steal), from /proc/stat."""
     try:
         with open("/proc/stat") as f:
@@ -58,16 +61,17 @@ def _busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def _own_cpu_seconds() -> float:
+def own_cpu_seconds(children: bool = False) -> float:
+    """CPU seconds of this process (and, with ``children``, of its finished children: data-loader workers)."""
     times = os.times()
-    return times.user + times.system
+    return times.user + times.system + (times.children_user + times.children_system if children else 0.0)
 
 
 def others_cores(window: float = 0.2) -> float:
     """CPU (in cores) that other processes use over the next ``window`` seconds (we sleep meanwhile)."""
-    busy, own = _busy_cpu_seconds(), _own_cpu_seconds()
+    busy, own = machine_busy_seconds(), own_cpu_seconds()
     time.sleep(window)
-    return (_busy_cpu_seconds() - busy - (_own_cpu_seconds() - own)) / window
+    return (machine_busy_seconds() - busy - (own_cpu_seconds() - own)) / window
 
 
 def wait_for_quiet(limit: float, timeout: float) -> float:
@@ -122,11 +126,11 @@ def measure(contenders: list[Contender], repeats: int = 5, calls: int = 1, warmu
         start = r % len(contenders)
         for contender in contenders[start:] + contenders[:start]:
             max_wait -= wait_for_quiet(quiet_cores, max_wait) if max_wait > 0 else 0.0
-            busy, own, begin = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+            busy, own, begin = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()
             for _ in range(calls):
                 contender.step()
             wall = time.perf_counter() - begin
-            others = (_busy_cpu_seconds() - busy - (_own_cpu_seconds() - own)) / wall
+            others = (machine_busy_seconds() - busy - (own_cpu_seconds() - own)) / wall
             samples[contender.name].append(Sample(wall / calls, others))
     return samples
 
@@ -218,6 +222,39 @@ def base_parser(description: str, repeats: int = 7) -> argparse.ArgumentParser:
     parser.add_argument("--max-wait", type=float, default=600.0,
                         help="seconds each timing group may wait for other processes to go quiet")
     return parser
+
+
+def forward_step(model: torch.nn.Module, images: torch.Tensor, channels_last: bool = False,
+                 bf16: bool = False) -> Callable[[], Any]:
+    """One inference forward (``torch.inference_mode``; channels_last input and bf16 autocast as asked)."""
+    def step() -> Any:
+        with torch.inference_mode(), autocast("cpu", enabled=bf16):
+            return model(to_channels_last(images) if channels_last else images)
+
+    return step
+
+
+def sgd_train_step(kind: str, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, head: str,
+                   channels_last: bool) -> Callable[[], float]:
+    """One train step (forward, cross-entropy, backward, SGD lr 0.01 momentum 0.9). An edh model takes
+    its loss from its ``head``'s own loss (``ce`` term); a peer's output goes through ``F.cross_entropy``."""
+    model.train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> float:
+        outputs = model(to_channels_last(images) if channels_last else images)
+        if kind == "edh":  # edh's own loss path: the head's loss on the head's output
+            loss = model.heads[head].loss(outputs[head], targets)["ce"]
+        else:
+            loss = F.cross_entropy(outputs, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
 
 
 def apply_threads(threads: int | None) -> int:

@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from training import machine_busy_seconds, write_rows
+from common import machine_busy_seconds
+from training import write_rows
 
 from edh.demo import DEMOS
 

@@ -14,10 +14,9 @@ seconds / 2 cores is what the run would take alone on 2 cores. Prints a table an
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from training import epochs_done, timed_train, write_rows
+from training import accuracy_parser, epochs_done, parse_and_apply, timed_train, write_rows
 
 from edh.demo import load_config
 from edh.evaluate import evaluate_run
@@ -44,11 +43,9 @@ def run_case(name: str, out: Path, cap: bool = True) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=sorted(CASES), default=sorted(CASES))
-    parser.add_argument("--out", default="runs/bench")
+    parser = accuracy_parser(__doc__.splitlines()[0], sorted(CASES), sorted(CASES))
     parser.add_argument("--no-cap", action="store_true", help="train the full schedule even past the budget")
-    args = parser.parse_args()
+    args = parse_and_apply(parser)
     rows = [run_case(name, Path(args.out), cap=not args.no_cap) for name in args.only]
     header = (f"{'case':<18} {'epochs':>6} {'val mAP50':>9} {'test mAP50':>10} {'test mAP':>8} {'target':>6} "
               f"{'wall s':>7} {'cpu/2 s':>7} {'others':>6}  met")

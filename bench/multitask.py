@@ -16,11 +16,10 @@ Prints a table and the comparisons; writes bench/results/multitask.json.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
-from training import timed_train, write_rows
+from training import accuracy_parser, parse_and_apply, timed_train, write_rows
 
 from edh.demo import load_config
 from edh.evaluate import evaluate_run
@@ -64,11 +63,7 @@ def compare(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=list(CASES), default=["cls", "seg", "seg+cls"],
-                        help="cases in order (the first one also pays the one-time imports)")
-    parser.add_argument("--out", default="runs/bench")
-    args = parser.parse_args()
+    args = parse_and_apply(accuracy_parser(__doc__.splitlines()[0], list(CASES), ["cls", "seg", "seg+cls"]))
     rows = {name: run_case(name, Path(args.out) / "multitask") for name in args.only}
     for r in rows.values():
         values = "  ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in r.items() if k.startswith("val_"))

@@ -20,16 +20,15 @@ reported; results also go to ``bench/results/segmentation.json``.
 from __future__ import annotations
 
 import gc
-from typing import Any, Callable
+from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
-import torch.nn.functional as F
-from common import (Contender, apply_threads, base_parser, environment, format_ratio, measure, noisy_warning,
-                    print_table, ratio, seed_everything, summarize, write_json)
+from common import (Contender, apply_threads, base_parser, environment, format_ratio, forward_step, measure,
+                    noisy_warning, print_table, ratio, seed_everything, sgd_train_step, summarize, write_json)
 
 import edh
-from edh.perf import autocast, prepare_for_inference, to_channels_last
+from edh.perf import prepare_for_inference, to_channels_last
 
 NUM_CLASSES = 2
 BATCH, SIZE = 4, 256
@@ -49,36 +48,6 @@ def build(kind: str) -> torch.nn.Module:
 
 def logits(kind: str, outputs: Any) -> torch.Tensor:
     return outputs["mask"] if kind == "edh" else outputs
-
-
-def forward_step(model: torch.nn.Module, images: torch.Tensor, channels_last: bool = False,
-                 bf16: bool = False) -> Callable[[], Any]:
-    def step() -> Any:
-        with torch.inference_mode(), autocast("cpu", enabled=bf16):
-            return model(to_channels_last(images) if channels_last else images)
-
-    return step
-
-
-def train_step(kind: str, model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor,
-               channels_last: bool) -> Callable[[], float]:
-    model.train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step() -> float:
-        outputs = model(to_channels_last(images) if channels_last else images)
-        if kind == "edh":  # edh's own loss path: the head's loss on the head's output
-            loss = model.heads["mask"].loss(outputs["mask"], masks)["ce"]
-        else:
-            loss = F.cross_entropy(outputs, masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
-    return step
 
 
 def forward_contenders(images: torch.Tensor) -> list[Contender]:
@@ -107,7 +76,7 @@ def train_contenders(images: torch.Tensor, masks: torch.Tensor) -> list[Contende
     for kind in ("edh", "smp"):
         for channels_last in (False, True):
             name = f"{kind} {'channels_last' if channels_last else 'contiguous'}"
-            contenders.append(Contender(name, train_step(kind, build(kind), images, masks, channels_last),
+            contenders.append(Contender(name, sgd_train_step(kind, build(kind), images, masks, "mask", channels_last),
                                         images.shape[0], {"kind": kind}))
     return contenders
 

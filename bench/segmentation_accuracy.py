@@ -11,11 +11,10 @@ Prints a table and writes bench/results/segmentation_accuracy.json.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
-from training import timed_train, write_rows
+from training import accuracy_parser, parse_and_apply, timed_train, write_rows
 
 from edh.demo import load_config
 from edh.evaluate import evaluate_run
@@ -39,15 +38,7 @@ def run_case(name: str, out: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=sorted(CASES), default=["unet-resnet18"])
-    parser.add_argument("--out", default="runs/bench")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads (default: torch's). On a busy shared machine 1 thread can be "
-                             "several times faster than 2: each op's threads must all get a core at once")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_and_apply(accuracy_parser(__doc__.splitlines()[0], sorted(CASES), ["unet-resnet18"]))
     rows = [run_case(name, Path(args.out)) for name in args.only]
     header = f"{'case':<14} {'val mIoU':>8} {'test mIoU':>9} {'target':>6} {'wall s':>7} {'cpu/2 s':>7} {'others':>6}  met"
     print(header)

@@ -8,37 +8,44 @@ machine says so.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from common import apply_threads, machine_busy_seconds, own_cpu_seconds
+
 from edh.spec import RunSpec
 from edh.train.runner import train_run
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine has been busy, all processes (from /proc/stat)."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+def accuracy_parser(description: str, cases: list[str], default: list[str]) -> argparse.ArgumentParser:
+    """The options every accuracy script takes: ``--only CASE ...``, ``--out DIR`` and ``--threads``
+    (applied by `parse_and_apply`)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--only", nargs="*", choices=cases, default=default, help="cases to run, in order")
+    parser.add_argument("--out", default="runs/bench", help="where the run folders go")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's). On a busy shared machine 1 thread can be "
+                             "several times faster than 2: each op's threads must all get a core at once")
+    return parser
 
 
-def own_cpu_seconds() -> float:
-    """CPU seconds of this process and its finished children (data-loader workers)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+def parse_and_apply(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    args = parser.parse_args()
+    apply_threads(args.threads)
+    return args
 
 
 def timed_train(spec: RunSpec, out: Path, **trainer_options: Any) -> tuple[Any, dict[str, float]]:
     """Train ``spec`` into a fresh ``out`` (no checkpoint left from before); return the run and its times."""
     shutil.rmtree(out, ignore_errors=True)
-    wall, cpu, busy = time.perf_counter(), own_cpu_seconds(), machine_busy_seconds()
+    wall, cpu, busy = time.perf_counter(), own_cpu_seconds(children=True), machine_busy_seconds()
     run = train_run(spec, out, enable_progress_bar=False, **trainer_options)
-    wall, cpu, busy = time.perf_counter() - wall, own_cpu_seconds() - cpu, machine_busy_seconds() - busy
+    wall, cpu, busy = time.perf_counter() - wall, own_cpu_seconds(children=True) - cpu, machine_busy_seconds() - busy
     return run, {"seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "alone_on_2_cores_s": round(cpu / 2, 1),
                  "others_cores": round(max(0.0, busy - cpu) / wall, 2)}
 

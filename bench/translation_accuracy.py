@@ -14,10 +14,9 @@ Prints a table and the examples; writes bench/results/translation_accuracy.json.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from training import epochs_done, timed_train, write_rows
+from training import accuracy_parser, epochs_done, parse_and_apply, timed_train, write_rows
 
 from edh.demo import load_config
 from edh.translate import evaluate_translation
@@ -43,11 +42,9 @@ def run_case(name: str, out: Path, de_en_minutes: float) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=sorted(CASES), default=sorted(CASES, reverse=True))
+    parser = accuracy_parser(__doc__.splitlines()[0], sorted(CASES), sorted(CASES, reverse=True))
     parser.add_argument("--de-en-minutes", type=float, default=20.0, help="training time limit for de-en")
-    parser.add_argument("--out", default="runs/bench")
-    args = parser.parse_args()
+    args = parse_and_apply(parser)
     rows = [run_case(name, Path(args.out), args.de_en_minutes) for name in args.only]
     print(f"\n{'case':<8} {'sentences':>9} {'epochs':>6} {'train s':>8} {'BLEU':>6} {'chrF':>6} {'exact':>6}  met")
     for r in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -14,6 +15,19 @@ TINY_CLASSIFIER = {
     "encoder": {"name": "test_resnet", "in_channels": 1},
     "heads": {"label": {"type": "classification", "num_classes": 10}},
 }
+
+
+@pytest.fixture
+def cli():
+    """``edh.cli.main`` in this process, with the ``edh`` logger restored afterwards (main() stops it
+    propagating, which would hide later tests' log records from caplog)."""
+    from edh.cli import main
+
+    logger = logging.getLogger("edh")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield main
+    logger.handlers[:] = saved[0]
+    logger.propagate, logger.level = saved[1], saved[2]
 
 
 @pytest.fixture(autouse=True)

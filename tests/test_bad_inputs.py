@@ -23,18 +23,6 @@ from conftest import tiny_run_spec
 from edh.data.files import ImageReadError, read_image
 
 
-@pytest.fixture
-def cli():
-    """``edh.cli.main`` in this process, with the ``edh`` logger restored afterwards."""
-    from edh.cli import main
-
-    logger = logging.getLogger("edh")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    yield main
-    logger.handlers[:] = saved[0]
-    logger.propagate, logger.level = saved[1], saved[2]
-
-
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 

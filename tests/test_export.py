@@ -7,7 +7,6 @@ takes seconds rather than a training run.
 
 from __future__ import annotations
 
-import logging
 from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,19 +98,6 @@ def runs(tmp_path_factory):
         return cache[name]
 
     return get
-
-
-@pytest.fixture
-def cli():
-    """``edh.cli.main`` in this process, with the ``edh`` logger restored afterwards (main() stops it
-    propagating, which would hide later tests' log records from caplog)."""
-    from edh.cli import main
-
-    logger = logging.getLogger("edh")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    yield main
-    logger.handlers[:] = saved[0]
-    logger.propagate, logger.level = saved[1], saved[2]
 
 
 def _ops(path: Path) -> set[str]:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from edh.layers import packed
 
-pytestmark = pytest.mark.skipif(not packed._AVAILABLE, reason="this PyTorch build has no oneDNN linear ops")
+pytestmark = pytest.mark.skipif(not packed.available(), reason="this PyTorch build has no oneDNN linear ops")
 
 
 def test_matches_f_linear_for_decoding_shapes():

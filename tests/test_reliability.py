@@ -34,19 +34,6 @@ from conftest import tiny_run_spec
 EDH = [sys.executable, "-m", "edh.cli"]
 
 
-@pytest.fixture
-def cli():
-    """``edh.cli.main`` in this process, with the ``edh`` logger restored afterwards (main() stops it
-    propagating, which would hide later tests' log records from caplog)."""
-    from edh.cli import main
-
-    logger = logging.getLogger("edh")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    yield main
-    logger.handlers[:] = saved[0]
-    logger.propagate, logger.level = saved[1], saved[2]
-
-
 def _val_rows(run_dir: Path) -> list[dict[str, str]]:
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     return [{k: v for k, v in row.items() if k.startswith("val/") or k in ("epoch", "step")} for row in rows]

@@ -45,15 +45,22 @@ def load_model_for(target: str):
     return Model(spec, pretrained=False), None
 
 
-def run(args) -> int:
-    import json
-
-    model, info = load_model_for(args.target)
-    size = parse_size(args.input_size)
+def model_and_size(target: str, input_size: str | None) -> tuple[object, tuple[int, ...] | None]:
+    """The model of a spec or run folder, and the input size to describe it at: ``--input-size``, else
+    the data's image size; a token model keeps one number (the sequence length)."""
+    model, info = load_model_for(target)
+    size = parse_size(input_size)
     if size is None and info is not None and info.image_size:
         size = tuple(info.image_size)
     if size is not None and model.encoder.input_kind == "tokens":
         size = size[:1]
+    return model, size
+
+
+def run(args) -> int:
+    import json
+
+    model, size = model_and_size(args.target, args.input_size)
     description = model.describe(size)
     if args.json:
         print(json.dumps(description.to_dict(), indent=2))

@@ -11,15 +11,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from edh.commands.describe import load_model_for, parse_size
+    from edh.commands.describe import model_and_size
     from edh.diagram import draw
 
-    model, info = load_model_for(args.target)
-    size = parse_size(args.input_size)
-    if size is None and info is not None and info.image_size:
-        size = tuple(info.image_size)
-    if size is not None and model.encoder.input_kind == "tokens":
-        size = size[:1]
+    model, size = model_and_size(args.target, args.input_size)
     path = draw(model, model.describe(size), args.out, title=str(args.target))
     print(f"wrote {path}")
     return 0

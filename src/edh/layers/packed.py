@@ -16,6 +16,8 @@ stale weights.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakTensorKeyDictionary
@@ -24,12 +26,12 @@ _PACKED = WeakTensorKeyDictionary()  # weight -> (its version when packed, the p
 
 
 def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (_AVAILABLE and x.device.type == "cpu" and x.dtype == weight.dtype
+    return (x.device.type == "cpu" and x.dtype == weight.dtype
             and x.dtype in (torch.float32, torch.bfloat16) and weight.dim() == 2
             and not weight.is_inference()  # made under inference_mode: no version counter to see changes by
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-            and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export())
+            and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export() and available())
 
 
 def _packed(weight: torch.Tensor) -> torch.Tensor:
@@ -49,8 +51,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return torch.ops.mkldnn._linear_pointwise(x, _packed(weight), bias, "none", [], "")
 
 
-def _probe() -> bool:
-    """True when this PyTorch build has the oneDNN linear ops and they agree with ``F.linear``."""
+@functools.cache
+def available() -> bool:
+    """True when this PyTorch build has the oneDNN linear ops and they agree with ``F.linear`` (checked
+    once, at the first decoding step rather than at import)."""
     try:
         x, weight, bias = torch.ones(2, 4), torch.eye(3, 4), torch.zeros(3)
         with torch.inference_mode():
@@ -59,6 +63,3 @@ def _probe() -> bool:
         return torch.backends.mkldnn.is_available() and torch.equal(out, F.linear(x, weight, bias))
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
-
-
-_AVAILABLE = _probe()
