@@ -2,9 +2,10 @@
 
 A generation step multiplies a few rows (batch x beams: 8-32) by every weight matrix of the decoder
 and by the output layer. For such skinny products PyTorch's ``F.linear`` (MKL) is slow; oneDNN with
-the weight reordered once into its blocked layout is 1.6-2.7x faster on the development machine
-(fp32, one thread: 8 x 256 by 256 x 768 in 30 us instead of 48 us, 8 x 256 by 256 x 8000 in 174 us
-instead of 468 us). The same ops back ``torch.compile``'s CPU freezing pass.
+the weight reordered once into its blocked layout is faster (``python bench/packed_linear.py``, fp32,
+one thread: 8 x 256 by 256 x 768 in 37 us instead of 47 us, 8 x 256 by 256 x 8000 in 181 us instead
+of 477 us; 1.2-3.0x at two threads except 8 x 1024 by 1024 x 256, 0.8x). The same ops back
+``torch.compile``'s CPU freezing pass.
 
 `linear` uses the packed weight only where it cannot change a result anyone differentiates or
 traces: a CPU float32 / bfloat16 input, no autograd (``torch.no_grad`` or ``torch.inference_mode``),
