@@ -4,9 +4,12 @@ Run: ``python bench/classification.py [--repeats N] [--quick] [--threads T] [--m
 [--archs resnet18,resnet50]``.
 
 Forward: batch 8, 224x224, eval, ``torch.inference_mode()``. Peers run as they come (contiguous), and
-timm also in channels_last; edh runs as built, then through `edh.perf.prepare_for_inference`
-(channels_last + BatchNorm folded), then with bf16 autocast on top. Channels_last contenders get the
-same contiguous batch and convert it inside the timed step, as a real input pipeline would.
+timm also in channels_last; edh runs as built, then as `edh.perf.InferenceModel` does for ``edh
+predict / eval`` with ``--fast`` (channels_last + BatchNorm folded), ``--bf16`` (bf16 autocast on
+top), ``--compile`` (torch.compile with inductor's freezing pass, compiled before timing) and both;
+also with bf16 weights and a bf16 input (`prepare_for_inference(dtype=torch.bfloat16)`). Every
+contender gets the same contiguous fp32 batch and converts it inside the timed step, as a real input
+pipeline would.
 Train step: batch 16, 128x128, SGD (momentum 0.9) + cross-entropy, train mode, each model contiguous
 and channels_last. All contenders of a group are timed round-robin (see `common.measure`), medians
 reported; results also go to ``bench/results/classification.json``.
@@ -24,11 +27,15 @@ from common import (Contender, apply_threads, base_parser, environment, format_r
                     noisy_warning, print_table, ratio, seed_everything, sgd_train_step, summarize, write_json)
 
 import edh
-from edh.perf import autocast, prepare_for_inference, to_channels_last
+from edh.perf import InferenceModel, prepare_for_inference
 
 NUM_CLASSES = 1000
 FORWARD_BATCH, FORWARD_SIZE = 8, 224
 TRAIN_BATCH, TRAIN_SIZE = 16, 128
+FAST = "edh --fast (InferenceModel: CL + BN folded)"
+BF16 = "edh --bf16 (--fast + bf16 autocast)"
+COMPILED = "edh --compile (--fast + torch.compile, freezing)"
+COMPILED_BF16 = "edh --compile --bf16"
 COLUMNS = ["name", "items_per_s", "ms_per_step", "best_items_per_s", "quiet_samples"]
 
 
@@ -46,16 +53,17 @@ def forward_contenders(arch: str, images: torch.Tensor) -> list[Contender]:
     timm_model, tv_model, edh_model = (build(k, arch).eval() for k in ("timm", "torchvision", "edh"))
     timm_cl = build("timm", arch).eval().to(memory_format=torch.channels_last)
     edh_cl = prepare_for_inference(edh_model, fold_bn=False)
-    edh_fast = prepare_for_inference(edh_model)
+    fast, fast_bf16 = InferenceModel(edh_model), InferenceModel(edh_model, bf16=True)
+    compiled, compiled_bf16 = InferenceModel(edh_model, compile=True), InferenceModel(edh_model, bf16=True, compile=True)
     edh_bf16_weights = prepare_for_inference(edh_model, dtype=torch.bfloat16)
-    with torch.inference_mode():  # check that the speed options keep the outputs
+    with torch.inference_mode():  # check that the speed options keep the outputs (and compile before timing)
         reference = edh_model(images)["label"]
-        folded_error = (edh_fast(to_channels_last(images))["label"] - reference).abs().max().item()
-        with autocast("cpu"):
-            bf16_error = (edh_fast(to_channels_last(images))["label"].float() - reference).abs().max().item()
-    assert folded_error < 1e-3, f"prepared edh model differs from eager by {folded_error}"
-    print(f"{arch}: prepared vs eager max |diff| {folded_error:.2e}; bf16 vs fp32 {bf16_error:.2e} "
-          f"(logits std {reference.std().item():.2f})", flush=True)
+        errors = {name: (model(images)["label"] - reference).abs().max().item() for name, model in
+                  (("--fast", fast), ("--bf16", fast_bf16), ("--compile", compiled), ("--compile --bf16", compiled_bf16))}
+    assert errors["--fast"] < 1e-3 and errors["--compile"] < 1e-3, f"prepared edh model differs from eager: {errors}"
+    assert compiled.compiled and compiled_bf16.compiled, "torch.compile fell back to eager"
+    print(f"{arch}: max |diff| to eager " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
+          + f" (logits std {reference.std().item():.2f})", flush=True)
     n = images.shape[0]
     return [
         Contender("timm (default)", forward_step(timm_model, images), n, {"memory_format": "contiguous"}),
@@ -64,14 +72,16 @@ def forward_contenders(arch: str, images: torch.Tensor) -> list[Contender]:
         Contender("edh eager (as built)", forward_step(edh_model, images), n, {"memory_format": "contiguous"}),
         Contender("edh channels_last, BN kept", forward_step(edh_cl, images, True), n,
                   {"memory_format": "channels_last"}),
-        Contender("edh prepared (CL + BN folded)", forward_step(edh_fast, images, True), n,
-                  {"memory_format": "channels_last", "bn_folded": True}),
-        Contender("edh prepared + bf16 autocast", forward_step(edh_fast, images, True, bf16=True), n,
+        Contender(FAST, forward_step(fast, images), n, {"memory_format": "channels_last", "bn_folded": True}),
+        Contender(BF16, forward_step(fast_bf16, images), n,
                   {"memory_format": "channels_last", "bn_folded": True, "dtype": "bf16 autocast"}),
-        Contender("edh prepared bf16 weights + autocast", forward_step(edh_bf16_weights, images, True, bf16=True),
-                  n, {"memory_format": "channels_last", "bn_folded": True, "dtype": "bf16 weights"}),
-        Contender("edh prepared bf16 weights, bf16 input", forward_step(edh_bf16_weights, images.bfloat16(), True), n,
+        Contender("edh bf16 weights, bf16 input", forward_step(edh_bf16_weights, images.bfloat16(), True), n,
                   {"memory_format": "channels_last", "bn_folded": True, "dtype": "bf16 weights and input"}),
+        Contender(COMPILED, forward_step(compiled, images), n,
+                  {"memory_format": "channels_last", "bn_folded": True, "compile": "inductor, freezing"}),
+        Contender(COMPILED_BF16, forward_step(compiled_bf16, images), n,
+                  {"memory_format": "channels_last", "bn_folded": True, "compile": "inductor, freezing",
+                   "dtype": "bf16 autocast"}),
     ]
 
 
@@ -93,16 +103,17 @@ def ratios(forward_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]])
         train = {r["name"]: (r[key], r["kind"]) for r in train_rows}
         best = lambda kinds: max((v, k) for k, (v, kind) in train.items() if kind in kinds)  # noqa: E731
         (edh_train, edh_name), (peer_train, peer_name) = best(("edh",)), best(("timm", "torchvision"))
-        fast = forward["edh prepared (CL + BN folded)"]
+        fast = forward[FAST]
         values = [
-            ("edh prepared / timm default, forward", fast / forward["timm (default)"], 1.15),
-            ("edh prepared / timm channels_last, forward", fast / forward["timm channels_last"], 1.0),
+            ("edh --fast / timm default, forward", fast / forward["timm (default)"], 1.15),
+            ("edh --fast / timm channels_last, forward", fast / forward["timm channels_last"], 1.0),
             (f"edh train ({edh_name}) / best peer ({peer_name})", edh_train / peer_train, 1.0),
-            ("edh bf16 autocast / edh prepared fp32, forward", forward["edh prepared + bf16 autocast"] / fast, 1.9),
-            ("edh bf16 weights + autocast / edh prepared fp32, forward",
-             forward["edh prepared bf16 weights + autocast"] / fast, 1.9),
-            ("edh bf16 weights, bf16 input / edh prepared fp32, forward",
-             forward["edh prepared bf16 weights, bf16 input"] / fast, 1.9),
+            ("edh --bf16 / edh --fast (fp32), forward", forward[BF16] / fast, 1.9),
+            ("edh bf16 weights, bf16 input / edh --fast (fp32), forward",
+             forward["edh bf16 weights, bf16 input"] / fast, None),
+            ("edh --compile / edh --fast, forward", forward[COMPILED] / fast, None),
+            ("edh --compile --bf16 / edh --compile (fp32), forward", forward[COMPILED_BF16] / forward[COMPILED], None),
+            ("edh --compile / timm channels_last, forward", forward[COMPILED] / forward["timm channels_last"], None),
             ("edh eager / timm default, forward (wrapper overhead)",
              forward["edh eager (as built)"] / forward["timm (default)"], None),
         ]

@@ -11,7 +11,8 @@ Image families (classifier, unet, autoencoder, yolo, faster_rcnn), all contender
 - inference forward (``torch.inference_mode()``, eval mode, raw head outputs): ``eager fp32`` (the model
   as loaded), ``channels_last`` (weights and inputs), ``prepared`` (`edh.perf.prepare_for_inference`:
   channels_last + BatchNorm folded), ``bf16 autocast`` (prepared, under `edh.perf.autocast("cpu")`),
-  ``compile`` (`edh.perf.maybe_compile` of the prepared model, warmed up before timing; ``compile_s`` is
+  ``compile (freezing)`` (`edh.perf.InferenceModel` with ``compile=True``: the prepared model through
+  torch.compile with inductor's freezing pass, as ``edh predict / eval --compile``; ``compile_s`` is
   the compile + first call time; a compile that fails or falls back to eager is a row with its error);
 - train step (train mode: forward with targets, the heads' losses as training weighs them
   (`edh.train.task.combine_losses`; the reconstruction loss for a model without heads), backward,
@@ -43,7 +44,7 @@ from common import (Contender, apply_threads, base_parser, environment, format_r
 from export import FAMILIES, make_run
 
 from edh.ops.generation import generate
-from edh.perf import autocast, maybe_compile, prepare_for_inference, to_channels_last
+from edh.perf import InferenceModel, autocast, prepare_for_inference, to_channels_last
 
 BATCH, NEW_TOKENS = 8, 16
 COLUMNS = ["name", "ms_per_step", "items_per_s", "best_items_per_s", "compile_s", "quiet_samples", "error"]
@@ -109,20 +110,21 @@ class _Messages(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def compiled_forward(prepared: torch.nn.Module, images: torch.Tensor) -> Make:
-    """`maybe_compile` of ``prepared``, compiled by a first call (timed: ``compile_s``); raises on a fallback."""
+def compiled_forward(eager: torch.nn.Module, images: torch.Tensor) -> Make:
+    """``edh predict / eval --compile``: `InferenceModel` with torch.compile (freezing), compiled by a first
+    call (timed: ``compile_s``); raises on a fallback to eager."""
     def make() -> tuple[Callable[[], Any], dict[str, Any]]:
         handler, logger = _Messages(), logging.getLogger("edh.perf")
         logger.addHandler(handler)
         try:
             begin = time.perf_counter()
-            model = maybe_compile(prepared)
+            model = InferenceModel(eager, compile=True)
             step = forward(model, images)
             step()
             seconds = time.perf_counter() - begin
         finally:
             logger.removeHandler(handler)
-        if not getattr(model, "compiled", False):  # maybe_compile fell back to eager (it logged why)
+        if not model.compiled:  # maybe_compile fell back to eager (it logged why)
             raise RuntimeError(handler.messages[-1] if handler.messages else "maybe_compile returned eager")
         return step, {"compile_s": round(seconds, 1)}
     return make
@@ -140,7 +142,7 @@ def image_plan(run: Any) -> list[tuple[str, Make, int]]:
         ("channels_last", lambda: (forward(channels_last, fast_images), {}), BATCH),
         ("prepared", lambda: (forward(prepared, fast_images), {}), BATCH),
         ("bf16 autocast", lambda: (forward(prepared, fast_images, bf16=True), {}), BATCH),
-        ("compile", compiled_forward(prepared, fast_images), BATCH),
+        ("compile (freezing)", compiled_forward(eager, fast_images), BATCH),
         ("train fp32", train_step(run, batch), BATCH),
         ("train channels_last", train_step(run, batch, channels_last=True), BATCH),
         ("train bf16 autocast", train_step(run, batch, bf16=True), BATCH),

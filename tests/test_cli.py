@@ -87,6 +87,16 @@ def test_predict_prints_top_k(trained_run):
     assert line.startswith(str(png)) and "label:" in line and len(line.split("label:")[1].split(",")) == 3
 
 
+def test_eval_and_predict_speed_flags_give_the_same_answers(trained_run):
+    tmp_path, run_dir = trained_run
+    plain = json.loads(edh("eval", run_dir, "--json").stdout)["metrics"]["label"]
+    fast = json.loads(edh("eval", run_dir, "--json", "--fast").stdout)["metrics"]["label"]
+    assert fast["acc"] == pytest.approx(plain["acc"], abs=0.01)
+    png = _digit_png(tmp_path)
+    top = edh("predict", run_dir, png, "--top-k", "1").stdout.split("label:")[1].split()[0]
+    assert edh("predict", run_dir, png, "--top-k", "1", "--bf16").stdout.split("label:")[1].split()[0] == top
+
+
 def test_predict_unreadable_image_names_the_file(trained_run):
     tmp_path, run_dir = trained_run
     bad = tmp_path / "bad.png"

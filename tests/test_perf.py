@@ -213,3 +213,27 @@ def test_fold_batchnorm_folds_a_transposed_conv_decoder():
     assert _count(model.decoder, nn.BatchNorm2d) > 0 and _count(folded, nn.BatchNorm2d) == 0
     with torch.no_grad():
         torch.testing.assert_close(folded(x)["decoder"], model(x)["decoder"], atol=1e-4, rtol=1e-4)
+
+
+def test_inference_model_is_called_like_the_model():
+    model, x = _build("test_resnet")
+    fast = perf.InferenceModel(model)
+    assert fast.heads is fast.model.heads and "label" in fast.head_specs  # the prepared model's attributes
+    assert _count(fast, nn.BatchNorm2d) == 0 and _count(model, nn.BatchNorm2d) > 0  # model itself unchanged
+    with torch.inference_mode():
+        reference = model(x)["label"]
+        torch.testing.assert_close(fast(x)["label"], reference, atol=1e-4, rtol=1e-4)  # contiguous input is fine
+        low = perf.InferenceModel(model, bf16=True)(x)
+    assert low["label"].dtype == torch.float32  # bf16 inside, float32 out
+    torch.testing.assert_close(low["label"], reference, atol=0.05 * reference.abs().max().item(), rtol=0.05)
+    assert perf.to_float32({"a": [torch.ones(1, dtype=torch.bfloat16)], "b": torch.ones(1, dtype=torch.long)}) == {
+        "a": [torch.ones(1)], "b": torch.ones(1, dtype=torch.long)}
+
+
+@pytest.mark.slow
+def test_inference_model_compiles_with_freezing():
+    model, x = _build("conv")
+    fast = perf.InferenceModel(model, compile=True)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x)["label"], model(x)["label"], atol=1e-4, rtol=1e-4)
+    assert fast.compiled and not perf.InferenceModel(model).compiled

@@ -2,6 +2,9 @@
 
 - `fold_batchnorm`: fuse every ``Conv -> BatchNorm`` pair into one conv (eval only).
 - `prepare_for_inference`: eval mode, BatchNorm folded, channels_last weights.
+- `InferenceModel`: a prepared model called like the original (inputs made channels_last, optional
+  bf16 autocast and ``torch.compile`` with freezing); what ``edh predict / eval --fast --bf16
+  --compile`` run.
 - `to_channels_last`: convert an image batch ``(B, C, H, W)`` to channels_last.
 - `autocast`: bfloat16 autocast, or nothing.
 - `maybe_compile`: ``torch.compile`` that falls back to eager, with a logged warning, when
@@ -163,6 +166,71 @@ def autocast(device_type: str = "cpu", enabled: bool = True) -> contextlib.Abstr
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+def to_float32(value: Any) -> Any:
+    """``value`` with every bfloat16 / float16 tensor in it (dicts, lists, tuples) as float32."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype in (torch.bfloat16, torch.float16) else value
+    if isinstance(value, dict):
+        return type(value)((k, to_float32(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(to_float32(v) for v in value)
+    return value
+
+
+_LOW_PRECISION_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+                         nn.Linear)
+
+
+class InferenceModel(nn.Module):
+    """A model prepared for inference (`prepare_for_inference`: channels_last, BatchNorm folded) that
+    is called like the original: it converts image inputs to channels_last itself.
+
+    Args:
+        model: the model (not changed).
+        bf16: run under bfloat16 autocast, with the conv and linear weights stored in bfloat16 (autocast
+            would cast them on every call) and image batches converted to bfloat16 on the way in
+            (one copy with the channels_last conversion); normalisation layers and buffers stay
+            float32. Outputs come back as float32.
+        compile: run through ``torch.compile`` with inductor's freezing pass (weights become
+            constants, convolutions get oneDNN's fused post-ops), falling back to eager with a
+            warning if compiling fails (`maybe_compile`). The first call compiles (seconds).
+
+    Attributes the wrapper lacks (``heads``, ``head_specs``, ``remove_heads``...) are the prepared
+    model's.
+    """
+
+    def __init__(self, model: nn.Module, bf16: bool = False, compile: bool = False) -> None:
+        super().__init__()
+        self.model = prepare_for_inference(model)
+        self.bf16 = bf16
+        if bf16:
+            for layer in self.model.modules():
+                if isinstance(layer, _LOW_PRECISION_LAYERS):
+                    layer.to(torch.bfloat16)
+        runner = maybe_compile(self.model, enabled=compile, options={"freezing": True})
+        object.__setattr__(self, "_runner", runner)  # not a submodule: its weights are self.model's
+
+    @property
+    def compiled(self) -> bool:
+        """Whether calls go through ``torch.compile`` (False: not asked, or it fell back to eager)."""
+        return getattr(self._runner, "compiled", False)
+
+    def forward(self, x: Any, **kwargs: Any) -> Any:
+        if not self.bf16:
+            return self._runner(to_channels_last(x), **kwargs)
+        if isinstance(x, torch.Tensor) and x.ndim == 4 and x.is_floating_point():
+            x = x.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+        device = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+        with autocast(device):
+            return to_float32(self._runner(x, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["model"], name)
 
 
 class CompiledOrEager(nn.Module):

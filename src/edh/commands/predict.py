@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from edh.commands import add_speed_arguments, apply_speed_arguments
+
 NAME = "predict"
 HELP = "predict with a trained run: top-k labels for images (heads that draw write into --out)"
 
@@ -19,6 +21,7 @@ def add_arguments(parser) -> None:
                         help="run the eager model (torch) or the exported ONNX graph (onnxruntime; see edh export)")
     parser.add_argument("--onnx", metavar="FILE", help="the exported graph for --backend onnxruntime "
                         "(default: RUNDIR/model.onnx)")
+    add_speed_arguments(parser)
 
 
 def run(args) -> int:
@@ -29,9 +32,14 @@ def run(args) -> int:
     if getattr(args, "backend", "torch") == "onnxruntime":
         from edh.export.runs import onnx_run
 
+        if args.fast or args.bf16 or args.compile:
+            raise ValueError("--fast / --bf16 / --compile speed up the torch backend; onnxruntime runs the "
+                             "exported graph as it is (BatchNorm already folded): drop them or --backend")
         if getattr(args, "sample", None) is not None:
             raise ValueError("--sample decodes with the eager decoder; drop --backend onnxruntime to sample")
         loaded = onnx_run(loaded, args.onnx)
+    else:
+        apply_speed_arguments(args, loaded)
     if loaded.info.input_kind == "tokens":  # text in, text out (translation)
         from edh.translate import translate_lines
 
