@@ -237,3 +237,15 @@ def test_inference_model_compiles_with_freezing():
     with torch.inference_mode():
         torch.testing.assert_close(fast(x)["label"], model(x)["label"], atol=1e-4, rtol=1e-4)
     assert fast.compiled and not perf.InferenceModel(model).compiled
+
+
+def test_inference_model_copies():
+    import copy
+
+    model, x = _build("conv")
+    fast = perf.InferenceModel(model)
+    clone = copy.deepcopy(fast)
+    with torch.inference_mode():
+        torch.testing.assert_close(clone(x)["label"], fast(x)["label"])
+    with pytest.raises(AttributeError):
+        fast.no_such_attribute

@@ -12,9 +12,9 @@ IMAGE = (96, 128)  # height, width
 STRIDES = (4, 8, 16, 32)
 
 
-def pyramid(channels_last: bool, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+def pyramid(channels_last: bool) -> list[torch.Tensor]:
     torch.manual_seed(0)
-    levels = [torch.randn(2, 5, IMAGE[0] // s, IMAGE[1] // s, dtype=dtype) for s in STRIDES]
+    levels = [torch.randn(2, 5, IMAGE[0] // s, IMAGE[1] // s) for s in STRIDES]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return [f.to(memory_format=memory_format).requires_grad_() for f in levels]
 

@@ -230,7 +230,10 @@ class InferenceModel(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["model"], name)
+            model = self.__dict__.get("_modules", {}).get("model")  # absent while unpickling / copying
+            if model is None:
+                raise
+            return getattr(model, name)
 
 
 class CompiledOrEager(nn.Module):

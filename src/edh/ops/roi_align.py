@@ -7,7 +7,7 @@ as a ``(pixels, channels)`` table. `F.embedding_bag` (``mode="sum"``, ``per_samp
 exactly that, for every region of every level in one call, on all threads, with a fast backward
 (a weighted scatter-add into the table). torchvision's CPU kernels loop over regions on one thread;
 its backward is the slowest part of a Faster R-CNN train step. ``python bench/detection.py`` measures
-the whole step; ``tests/test_detection.py`` checks values and gradients against torchvision.
+the whole step; ``tests/test_roi_align.py`` checks values and gradients against torchvision.
 
 Where the gather cannot stand in (an adaptive ``sampling_ratio <= 0``, whose sample count varies per
 region; a non-CPU tensor, where torchvision's kernels are the fast ones; tracing and ONNX export,
