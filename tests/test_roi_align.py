@@ -88,6 +88,13 @@ def test_bfloat16_close_to_float32() -> None:
     module = MultiScaleRoIAlign(names, 7, 2)
     features, boxes = pyramid(True), regions()
     full = module(named(features), boxes, IMAGE)
-    half = module(named([f.detach().bfloat16() for f in features]), boxes, IMAGE)
+    low = [f.detach().bfloat16().requires_grad_() for f in features]
+    half = module(named(low), boxes, IMAGE)
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), full.detach(), atol=0.05, rtol=0.02)
+    upstream = torch.randn_like(full)
+    grads = torch.autograd.grad(full, features, upstream)
+    low_grads = torch.autograd.grad(half, low, upstream.bfloat16())  # summed in float32, then rounded
+    for a, b in zip(grads, low_grads):
+        assert b.dtype == torch.bfloat16
+        torch.testing.assert_close(b.float(), a, atol=0.05, rtol=0.02)

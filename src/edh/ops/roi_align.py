@@ -73,9 +73,12 @@ def multiscale_roi_align(features: list[torch.Tensor], boxes: list[torch.Tensor]
         output_size, sampling_ratio, aligned: as `torchvision.ops.roi_align` (``sampling_ratio > 0``).
 
     Returns:
-        ``(R, C, output_size, output_size)``, in the dtype of the first level.
+        ``(R, C, output_size, output_size)``, in the dtype of the first level. Like torchvision's
+        autocast rule for RoIAlign, bfloat16 / float16 levels are gathered (and their gradients
+        summed) in float32.
     """
-    dtype, device, channels = features[0].dtype, features[0].device, features[0].shape[1]
+    out_dtype, device, channels = features[0].dtype, features[0].device, features[0].shape[1]
+    dtype = torch.float32 if out_dtype in (torch.bfloat16, torch.float16) else out_dtype
     coord_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     image = torch.cat([torch.full((len(b),), i, dtype=torch.long, device=device) for i, b in enumerate(boxes)])
     regions = torch.cat(boxes).to(coord_dtype)
@@ -99,7 +102,7 @@ def multiscale_roi_align(features: list[torch.Tensor], boxes: list[torch.Tensor]
     table = torch.cat(tables) if len(tables) > 1 else tables[0]
     pooled = F.embedding_bag(index.reshape(-1, k * k), table, per_sample_weights=weight.reshape(-1, k * k).to(dtype),
                              mode="sum")  # (R S S, C)
-    return pooled.view(n, s, s, channels).permute(0, 3, 1, 2)
+    return pooled.view(n, s, s, channels).permute(0, 3, 1, 2).to(out_dtype)
 
 
 class MultiScaleRoIAlign(nn.Module):
