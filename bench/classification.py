@@ -7,9 +7,9 @@ Forward: batch 8, 224x224, eval, ``torch.inference_mode()``. Peers run as they c
 timm also in channels_last; edh runs as built, then as `edh.perf.InferenceModel` does for ``edh
 predict / eval`` with ``--fast`` (channels_last + BatchNorm folded), ``--bf16`` (bf16 autocast on
 top), ``--compile`` (torch.compile with inductor's freezing pass, compiled before timing) and both;
-also with bf16 weights and a bf16 input (`prepare_for_inference(dtype=torch.bfloat16)`). Every
-contender gets the same contiguous fp32 batch and converts it inside the timed step, as a real input
-pipeline would.
+also with bf16 weights and a bf16 input (`prepare_for_inference(dtype=torch.bfloat16)`; that row alone
+gets the batch already in bf16). Every other contender gets the same contiguous fp32 batch and converts
+it inside the timed step, as a real input pipeline would.
 Train step: batch 16, 128x128, SGD (momentum 0.9) + cross-entropy, train mode, each model contiguous
 and channels_last. All contenders of a group are timed round-robin (see `common.measure`), medians
 reported; results also go to ``bench/results/classification.json``.
