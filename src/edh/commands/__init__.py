@@ -15,7 +15,7 @@ def console():
 
 def add_speed_arguments(parser) -> None:
     """``--fast``, ``--bf16``, ``--compile``: how an image model runs (see `apply_speed_arguments`)."""
-    group = parser.add_argument_group("speed (image models; results match the plain model up to float rounding)")
+    group = parser.add_argument_group("speed (image models; same results up to float rounding, bf16 to its precision)")
     group.add_argument("--fast", action="store_true", help="channels_last and BatchNorm folded into the convs")
     group.add_argument("--bf16", action="store_true", help="bfloat16 autocast on top of --fast (about 2x on CPUs "
                        "with AVX-512 BF16 or AMX)")
