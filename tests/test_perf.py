@@ -248,4 +248,4 @@ def test_inference_model_copies():
     with torch.inference_mode():
         torch.testing.assert_close(clone(x)["label"], fast(x)["label"])
     with pytest.raises(AttributeError):
-        fast.no_such_attribute
+        _ = fast.no_such_attribute

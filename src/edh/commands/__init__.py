@@ -27,6 +27,9 @@ def apply_speed_arguments(args, loaded) -> None:
     """Replace ``loaded.model`` by an `edh.perf.InferenceModel` when a speed flag is given."""
     if not (args.fast or args.bf16 or args.compile):
         return
+    if getattr(args, "backend", "torch") != "torch":
+        raise ValueError("--fast / --bf16 / --compile speed up the torch backend; onnxruntime runs the "
+                         "exported graph as it is (BatchNorm already folded): drop them or --backend")
     if loaded.info.input_kind != "image":
         raise ValueError(f"--fast / --bf16 / --compile apply to image models; {loaded.path} takes "
                          f"{loaded.info.input_kind} (its decoding already reuses a KV cache)")

@@ -29,17 +29,13 @@ def run(args) -> int:
     from edh.run import load_run
 
     loaded = load_run(args.run_dir)
+    apply_speed_arguments(args, loaded)
     if getattr(args, "backend", "torch") == "onnxruntime":
         from edh.export.runs import onnx_run
 
-        if args.fast or args.bf16 or args.compile:
-            raise ValueError("--fast / --bf16 / --compile speed up the torch backend; onnxruntime runs the "
-                             "exported graph as it is (BatchNorm already folded): drop them or --backend")
         if getattr(args, "sample", None) is not None:
             raise ValueError("--sample decodes with the eager decoder; drop --backend onnxruntime to sample")
         loaded = onnx_run(loaded, args.onnx)
-    else:
-        apply_speed_arguments(args, loaded)
     if loaded.info.input_kind == "tokens":  # text in, text out (translation)
         from edh.translate import translate_lines
 
