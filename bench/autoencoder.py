@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from training import accuracy_parser, parse_and_apply, timed_train, write_rows
 
-from edh.demo import load_config
-from edh.evaluate import evaluate_run
+from edh.workflows.demo import load_config
+from edh.workflows.evaluate import evaluate_run
 
 CASES = {  # name: (config, target PSNR dB, budget seconds)
     "autoencoder": ("autoencoder-digits.yaml", 22.0, 120),

@@ -4,7 +4,7 @@ Run: ``python bench/classification.py [--repeats N] [--quick] [--threads T] [--m
 [--archs resnet18,resnet50]``.
 
 Forward: batch 8, 224x224, eval, ``torch.inference_mode()``. Peers run as they come (contiguous), and
-timm also in channels_last; edh runs as built, then as `edh.perf.InferenceModel` does for ``edh
+timm also in channels_last; edh runs as built, then as `edh.utils.perf.InferenceModel` does for ``edh
 predict / eval`` with ``--fast`` (channels_last + BatchNorm folded), ``--bf16`` (bf16 autocast on
 top), ``--compile`` (torch.compile with inductor's freezing pass, compiled before timing) and both;
 also with bf16 weights and a bf16 input (`prepare_for_inference(dtype=torch.bfloat16)`; that row alone
@@ -27,7 +27,7 @@ from common import (Contender, apply_threads, base_parser, environment, format_r
                     noisy_warning, print_table, ratio, seed_everything, sgd_train_step, summarize, write_json)
 
 import edh
-from edh.perf import InferenceModel, prepare_for_inference
+from edh.utils.perf import InferenceModel, prepare_for_inference
 
 NUM_CLASSES = 1000
 FORWARD_BATCH, FORWARD_SIZE = 8, 224

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from training import accuracy_parser, parse_and_apply, timed_train, write_rows
 
-from edh.demo import load_config
-from edh.evaluate import evaluate_run
+from edh.workflows.demo import load_config
+from edh.workflows.evaluate import evaluate_run
 
 CASES = {
     "digits": ("digits-resnet18.yaml", 0.97, 120),

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from edh.perf import autocast, to_channels_last
+from edh.utils.perf import autocast, to_channels_last
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -3,7 +3,7 @@
     python bench/demo.py [--out runs/bench/demo]
 
 Target (issue 6): the whole demo (classifier, detector, U-Net, autoencoder, translator, multi-task
-model, with the short schedules of `edh.demo.DEMOS`, and the report) in <= 10 minutes on this machine.
+model, with the short schedules of `edh.workflows.demo.DEMOS`, and the report) in <= 10 minutes on this machine.
 Runs ``edh demo`` as a user does (a subprocess), so imports and data preparation count; prints each
 model's time and test metrics and the total; writes bench/results/demo.json.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from common import machine_busy_seconds
 from training import write_rows
 
-from edh.demo import DEMOS
+from edh.workflows.demo import DEMOS
 
 
 def main() -> None:

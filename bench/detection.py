@@ -8,7 +8,7 @@ seeded before building; edh then loads torchvision's weights (`edh.compat.torchv
 so both find the same boxes and do the same post-processing work. Inputs: 2 images of 512x512 in
 [0, 1]; torchvision normalises them inside its model, edh's timed step normalises them too.
 - eval: one forward of the 2 images including post-processing (NMS), ``torch.inference_mode``; edh
-  as built, and through `edh.perf.prepare_for_inference` (channels_last + BatchNorm folded).
+  as built, and through `edh.utils.perf.prepare_for_inference` (channels_last + BatchNorm folded).
 - train step: forward with 3 boxes per image, the four losses, backward, SGD step (lr 0.01 momentum
   0.9, the default torchvision trainer); BatchNorm trains in both (torchvision uses plain BatchNorm
   when built without weights). edh contiguous, channels_last, and (a separate row, not the fp32
@@ -34,7 +34,7 @@ from common import (Contender, apply_threads, base_parser, environment, format_r
 
 import edh
 from edh.compat.torchvision_detection import fasterrcnn_resnet50_fpn_spec, load_fasterrcnn_weights
-from edh.perf import autocast, prepare_for_inference, to_channels_last
+from edh.utils.perf import autocast, prepare_for_inference, to_channels_last
 
 BATCH = 2
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)

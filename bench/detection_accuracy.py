@@ -18,8 +18,8 @@ from pathlib import Path
 
 from training import accuracy_parser, epochs_done, parse_and_apply, timed_train, write_rows
 
-from edh.demo import load_config
-from edh.evaluate import evaluate_run
+from edh.workflows.demo import load_config
+from edh.workflows.evaluate import evaluate_run
 
 CASES = {  # name: (config, overrides, target mAP@0.5, budget seconds)
     "yolo-scenes": ("detector-yolo-scenes.yaml", {}, 0.80, 600),

@@ -7,7 +7,7 @@ Each family is a run folder built from a run spec with untrained weights (no tra
 not depend on the weights; BatchNorm statistics are randomised so folding changes them), exported
 with `edh.export.runs.export_run` (BatchNorm folded, checked with onnxruntime). Contenders per
 batch size: ``eager`` (the run's model as loaded, ``torch.inference_mode()``), ``eager prepared``
-(`edh.perf.prepare_for_inference`: BatchNorm folded + channels_last) and ``onnxruntime`` (CPU
+(`edh.utils.perf.prepare_for_inference`: BatchNorm folded + channels_last) and ``onnxruntime`` (CPU
 execution provider, same thread count). Detectors are timed on raw head outputs and, for
 ``yolo+nms`` / ``faster_rcnn``, on detections (post-processing included on both sides).
 The translator is timed on greedy generation of 16 new tokens (encoder + 16 decoder steps).
@@ -34,7 +34,7 @@ from edh.export.detection import is_detection
 from edh.export.flatten import flatten
 from edh.export.runs import export_run, onnx_run
 from edh.ops.generation import generate
-from edh.perf import prepare_for_inference, to_channels_last
+from edh.utils.perf import prepare_for_inference, to_channels_last
 
 SCENES = {"name": "scenes", "image_size": 128, "num_train": 16, "num_val": 8, "num_test": 16, "batch_size": 8}
 PYRAMID = {"encoder": {"name": "resnet18"},
@@ -66,10 +66,10 @@ NEW_TOKENS = 16
 def make_run(spec: dict[str, Any], path: Path):
     """A run folder for ``spec`` with untrained weights (BatchNorm statistics randomised)."""
     from edh.data.base import build_data
-    from edh.io import atomic_write_text
-    from edh.model import Model
-    from edh.run import load_run, save_weights, write_spec
-    from edh.spec import parse_run_spec
+    from edh.utils.io import atomic_write_text
+    from edh.core.model import Model
+    from edh.workflows.run import load_run, save_weights, write_spec
+    from edh.core.spec import parse_run_spec
     from edh.train.runner import resolve_spec
 
     spec = parse_run_spec(spec)

@@ -32,7 +32,7 @@ def check_inference() -> None:
     import timm
 
     import edh
-    from edh.perf import prepare_for_inference
+    from edh.utils.perf import prepare_for_inference
 
     batch = torch.randn(64, 3, 224, 224, device="cuda")
     torch.manual_seed(0)
@@ -61,8 +61,8 @@ def check_inference() -> None:
 
 
 def check_training(out: Path) -> None:
-    from edh.evaluate import evaluate_run
-    from edh.spec import parse_run_spec
+    from edh.workflows.evaluate import evaluate_run
+    from edh.core.spec import parse_run_spec
     from edh.train.runner import train_run
 
     spec = parse_run_spec({

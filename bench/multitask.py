@@ -21,8 +21,8 @@ from typing import Any
 
 from training import accuracy_parser, parse_and_apply, timed_train, write_rows
 
-from edh.demo import load_config
-from edh.evaluate import evaluate_run
+from edh.workflows.demo import load_config
+from edh.workflows.evaluate import evaluate_run
 
 SEG_CLS = "multitask-seg-cls-scenes.yaml"
 CASES = {  # name: (config, overrides)

@@ -8,7 +8,7 @@ libraries define them: smp's ``SegmentationHead`` is a 3x3 conv, edh's segmentat
 conv of the U-Net paper; both parameter counts are printed.
 
 Forward: batch 4, 256x256, eval, ``torch.inference_mode()``. smp runs with its defaults
-(contiguous) and in channels_last; edh runs as built, then through `edh.perf.prepare_for_inference`
+(contiguous) and in channels_last; edh runs as built, then through `edh.utils.perf.prepare_for_inference`
 (channels_last + BatchNorm folded), then with bf16 autocast on top. Channels_last contenders get
 the same contiguous batch and convert it inside the timed step.
 Train step: batch 4, 256x256, SGD (momentum 0.9) + cross-entropy, train mode, each model
@@ -28,7 +28,7 @@ from common import (Contender, apply_threads, base_parser, environment, format_r
                     noisy_warning, print_table, ratio, seed_everything, sgd_train_step, summarize, write_json)
 
 import edh
-from edh.perf import prepare_for_inference, to_channels_last
+from edh.utils.perf import prepare_for_inference, to_channels_last
 
 NUM_CLASSES = 2
 BATCH, SIZE = 4, 256

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from training import accuracy_parser, parse_and_apply, timed_train, write_rows
 
-from edh.demo import load_config
-from edh.evaluate import evaluate_run
+from edh.workflows.demo import load_config
+from edh.workflows.evaluate import evaluate_run
 
 CASES = {  # name: (config, overrides, target mIoU, budget seconds)
     "unet-resnet18": ("unet-scenes.yaml", {}, 0.85, 300),

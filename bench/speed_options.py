@@ -9,9 +9,9 @@ inputs and targets are the first batch of 8 of the run's training data (at the f
 Image families (classifier, unet, autoencoder, yolo, faster_rcnn), all contenders in one round-robin group:
 
 - inference forward (``torch.inference_mode()``, eval mode, raw head outputs): ``eager fp32`` (the model
-  as loaded), ``channels_last`` (weights and inputs), ``prepared`` (`edh.perf.prepare_for_inference`:
-  channels_last + BatchNorm folded), ``bf16 autocast`` (prepared, under `edh.perf.autocast("cpu")`),
-  ``compile (freezing)`` (`edh.perf.InferenceModel` with ``compile=True``: the prepared model through
+  as loaded), ``channels_last`` (weights and inputs), ``prepared`` (`edh.utils.perf.prepare_for_inference`:
+  channels_last + BatchNorm folded), ``bf16 autocast`` (prepared, under `edh.utils.perf.autocast("cpu")`),
+  ``compile (freezing)`` (`edh.utils.perf.InferenceModel` with ``compile=True``: the prepared model through
   torch.compile with inductor's freezing pass, as ``edh predict / eval --compile``; ``compile_s`` is
   the compile + first call time; a compile that fails or falls back to eager is a row with its error);
 - train step (train mode: forward with targets, the heads' losses as training weighs them
@@ -44,7 +44,7 @@ from common import (Contender, apply_threads, base_parser, environment, format_r
 from export import FAMILIES, make_run
 
 from edh.ops.generation import generate
-from edh.perf import InferenceModel, autocast, prepare_for_inference, to_channels_last
+from edh.utils.perf import InferenceModel, autocast, prepare_for_inference, to_channels_last
 
 BATCH, NEW_TOKENS = 8, 16
 COLUMNS = ["name", "ms_per_step", "items_per_s", "best_items_per_s", "compile_s", "quiet_samples", "error"]
@@ -100,7 +100,7 @@ def forward(model: torch.nn.Module, images: torch.Tensor, bf16: bool = False) ->
 
 
 class _Messages(logging.Handler):
-    """Keeps the messages logged by `edh.perf` (maybe_compile's fallback warnings)."""
+    """Keeps the messages logged by `edh.utils.perf` (maybe_compile's fallback warnings)."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -114,7 +114,7 @@ def compiled_forward(eager: torch.nn.Module, images: torch.Tensor) -> Make:
     """``edh predict / eval --compile``: `InferenceModel` with torch.compile (freezing), compiled by a first
     call (timed: ``compile_s``); raises on a fallback to eager."""
     def make() -> tuple[Callable[[], Any], dict[str, Any]]:
-        handler, logger = _Messages(), logging.getLogger("edh.perf")
+        handler, logger = _Messages(), logging.getLogger("edh.utils.perf")
         logger.addHandler(handler)
         try:
             begin = time.perf_counter()

@@ -18,7 +18,7 @@ from typing import Any
 
 from common import apply_threads, machine_busy_seconds, own_cpu_seconds
 
-from edh.spec import RunSpec
+from edh.core.spec import RunSpec
 from edh.train.runner import train_run
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from training import accuracy_parser, epochs_done, parse_and_apply, timed_train, write_rows
 
-from edh.demo import load_config
-from edh.translate import evaluate_translation
+from edh.workflows.demo import load_config
+from edh.workflows.translate import evaluate_translation
 
 CASES = {  # config, targets, training budget in seconds
     "numbers": ("translator-numbers.yaml", {"bleu": 90.0, "exact_match": 0.80}, 600),

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from edh import registry
-from edh.features import FeatureSpec, Sequence
+from edh.core import registry
+from edh.core.features import FeatureSpec, Sequence
 
 TINY: dict[tuple[str, str], dict[str, Any]] = {
     ("encoder", "conv"): {"channels": [4, 8]},

@@ -10,7 +10,8 @@ import torch
 
 import edh
 from edh.decoders.conv import VariationalOutput
-from edh.spec import SpecError, parse_run_spec
+from edh.core.spec import parse_run_spec
+from edh.core.errors import SpecError
 from edh.train.reconstruction import ReconstructionLoss, kl_divergence, make_reconstruction_loss
 
 ENCODER = {"name": "conv", "in_channels": 1, "channels": [4, 8, 16]}
@@ -112,8 +113,8 @@ def test_spec_mismatch_with_data_is_caught_before_training():
 def test_tiny_vae_run_reconstructs_and_samples(tmp_path):
     from PIL import Image
 
-    from edh.evaluate import evaluate_run
-    from edh.predict import predict_images, sample_images
+    from edh.workflows.evaluate import evaluate_run
+    from edh.workflows.predict import predict_images, sample_images
     from edh.train.runner import train_run
 
     run = train_run(parse_run_spec(_spec(latent_dim=8, image_size=8, variational=True, kl_weight=0.1)),

@@ -38,7 +38,7 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
 # ---- NaN / Inf ---------------------------------------------------------------------------------------
 def _register_poisoned_digits() -> None:
     """``test-poisoned-digits``: the digits bundle with every 50th training image set to ``value``."""
-    from edh import registry
+    from edh.core import registry
     from edh.data.images import digits
 
     try:
@@ -57,7 +57,7 @@ def _register_poisoned_digits() -> None:
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_nan_or_inf_inputs_stop_training_with_a_clear_error(tmp_path, value):
-    from edh.spec import parse_run_spec
+    from edh.core.spec import parse_run_spec
     from edh.train.runner import train_run
 
     _register_poisoned_digits()
@@ -105,7 +105,7 @@ def test_empty_and_one_class_datasets_are_errors(tmp_path):
 
 
 def test_a_training_split_left_empty_is_an_error(tmp_path):
-    from edh.spec import parse_run_spec
+    from edh.core.spec import parse_run_spec
     from edh.train.runner import train_run
 
     spec = tiny_run_spec()

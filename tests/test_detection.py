@@ -8,8 +8,8 @@ import torchvision
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
-from edh.features import FeatureSpec
-from edh.model import build
+from edh.core.features import FeatureSpec
+from edh.core.model import build
 from edh.ops.anchors import AnchorGrid, cell_anchors
 from edh.ops.boxes import check_targets, split_targets
 from edh.ops.matching import center_sampling_match
@@ -189,7 +189,7 @@ def test_missing_targets_name_the_head():
 
 
 def test_weights_round_trip(tmp_path):
-    from edh.io import load_tensors, save_tensors
+    from edh.utils.io import load_tensors, save_tensors
 
     model = tiny_detector("faster_rcnn").eval()
     save_tensors(tmp_path / "w.safetensors", model.state_dict())
@@ -223,9 +223,9 @@ def test_yolo_sits_on_an_encoder_without_fpn():
 
 @pytest.mark.parametrize("config", ["detector-yolo-scenes.yaml", "fasterrcnn-scenes.yaml", "fasterrcnn-r50-fpn.yaml"])
 def test_shipped_configs_build_and_run(config):
-    from edh.demo import config_path
-    from edh.model import Model
-    from edh.spec import RunSpec, load_spec
+    from edh.workflows.demo import config_path
+    from edh.core.model import Model
+    from edh.core.spec import RunSpec, load_spec
 
     spec = load_spec(config_path(config))
     model = Model(spec.model if isinstance(spec, RunSpec) else spec, pretrained=False).eval()

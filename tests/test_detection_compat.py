@@ -10,7 +10,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
 from edh.compat.torchvision_detection import (convert_state_dict, fasterrcnn_resnet50_fpn_spec,
                                               load_fasterrcnn_weights)
-from edh.model import build
+from edh.core.model import build
 
 LAYERS = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
 

@@ -57,10 +57,10 @@ SPECS = {
 def make_run(spec: dict, path: Path, seed: int = 0):
     """A run folder for ``spec`` with untrained weights (no training): spec, data info, weights."""
     from edh.data.base import build_data
-    from edh.io import atomic_write_text
-    from edh.model import Model
-    from edh.run import load_run, save_weights, write_spec
-    from edh.spec import parse_run_spec
+    from edh.utils.io import atomic_write_text
+    from edh.core.model import Model
+    from edh.workflows.run import load_run, save_weights, write_spec
+    from edh.core.spec import parse_run_spec
     from edh.train.runner import resolve_spec
 
     path.mkdir(parents=True, exist_ok=True)
@@ -134,7 +134,7 @@ def test_flatten_names_every_tensor_and_round_trips():
     assert rebuilt["det"]["size"] == (64, 64) and rebuilt["det"]["none"] is None
     assert type(rebuilt["pair"]).__name__ == "Pair" and rebuilt["pair"].right is tensors[4]
     assert rebuilt["label"] is tensors[0]
-    from edh.features import Sequence
+    from edh.core.features import Sequence
 
     names, tensors, layout = flatten({"grid": Grid(torch.ones(3, 2), torch.ones(3))})
     assert names == ["grid.points", "grid.strides"]
@@ -219,7 +219,7 @@ def test_faster_rcnn_exports_with_its_postprocessing(runs):
 
 
 def test_translator_exports_encoder_and_step_and_generates_the_same(runs, cli, capsys):
-    from edh.translate import Translator
+    from edh.workflows.translate import Translator
 
     run = runs("translator")
     report = export_run(run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edh.io import atomic_write, load_tensors, save_tensors
+from edh.utils.io import atomic_write, load_tensors, save_tensors
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 import edh
-from edh.features import FeatureSpec
+from edh.core.features import FeatureSpec
 from edh.heads.base import Head
-from edh.model import RoleMismatchError
-from edh.registry import register_head
-from edh.spec import SpecError
+from edh.core.model import RoleMismatchError
+from edh.core.registry import register_head
+from edh.core.errors import SpecError
 from conftest import TINY_CLASSIFIER
 
 

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 import edh
-from edh.surgery import parse_head_option, transfer_weights
+from edh.workflows.surgery import parse_head_option, transfer_weights
 from edh.train.balancing import UncertaintyWeighting, make_balancing
 from edh.train.task import head_losses
 from conftest import tiny_run_spec
@@ -138,7 +138,7 @@ def test_diagram(tmp_path, suffix):
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["multitask-seg-cls-scenes.yaml", "multitask-det-seg-count-scenes.yaml"])
 def test_shipped_multitask_configs_train_and_evaluate_every_head(tmp_path, config):
-    from edh.demo import Demo, run_demo
+    from edh.workflows.demo import Demo, run_demo
 
     small = {"data.num_train": 32, "data.num_val": 16, "data.num_test": 16, "data.batch_size": 8}
     result = run_demo(Demo("multitask", "multi-task", config, small), tmp_path, quick=True)

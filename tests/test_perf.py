@@ -1,4 +1,4 @@
-"""Tests for edh.perf: BatchNorm folding, channels_last, bf16 autocast, compile fallback."""
+"""Tests for edh.utils.perf: BatchNorm folding, channels_last, bf16 autocast, compile fallback."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import edh
-from edh import perf
+from edh.utils import perf
 
 MODELS = {  # encoder -> input shape (B, C, H, W)
     "test_resnet": (2, 3, 64, 64),
@@ -153,7 +153,7 @@ def test_maybe_compile_falls_back_when_compile_raises(monkeypatch, caplog):
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     model, x = _build("conv")
-    with caplog.at_level(logging.WARNING, logger="edh.perf"):
+    with caplog.at_level(logging.WARNING, logger="edh.utils.perf"):
         result = perf.maybe_compile(model)
     assert result is model
     assert "torch.compile failed" in caplog.text and "no compiler here" in caplog.text
@@ -175,7 +175,7 @@ def test_maybe_compile_falls_back_when_the_first_call_fails(monkeypatch, caplog)
     model, x = _build("conv")
     wrapped = perf.maybe_compile(model)
     assert isinstance(wrapped, perf.CompiledOrEager) and wrapped.compiled
-    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="edh.perf"):
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="edh.utils.perf"):
         torch.testing.assert_close(wrapped(x)["label"], model(x)["label"])
         assert not wrapped.compiled and "inductor exploded" in caplog.text
         wrapped(x)

@@ -1,6 +1,6 @@
 """Crash safety, resumable training, hostile files, speed options (compile, bf16) and DDP.
 
-- a process saving large checkpoints through `edh.io` and killed at random moments always leaves a
+- a process saving large checkpoints through `edh.utils.io` and killed at random moments always leaves a
   file that loads and equals one complete save;
 - a run stopped (or SIGKILLed) mid-epoch and resumed reaches the same metrics and weights as an
   uninterrupted run (deterministic mode, with augmentation and dropout on);
@@ -48,7 +48,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 # ---- crash safety -----------------------------------------------------------------------------------
 SAVER = textwrap.dedent("""
     import sys, torch
-    from edh.io import save_tensors, torch_save
+    from edh.utils.io import save_tensors, torch_save
     folder, start = sys.argv[1], int(sys.argv[2])
     step = start
     while True:
@@ -60,7 +60,7 @@ SAVER = textwrap.dedent("""
 
 
 def test_checkpoints_survive_sigkill_at_random_moments(tmp_path):
-    from edh.io import load_tensors, torch_load
+    from edh.utils.io import load_tensors, torch_load
 
     script = tmp_path / "saver.py"
     script.write_text(SAVER)
@@ -100,7 +100,7 @@ class _Crash(RuntimeError):
 def test_run_crashed_mid_epoch_resumes_to_the_same_result(tmp_path, monkeypatch):
     import lightning as L
 
-    from edh.spec import parse_run_spec
+    from edh.core.spec import parse_run_spec
     from edh.train import runner
 
     class CrashAtStep(L.Callback):
@@ -220,7 +220,7 @@ def test_resume_refuses_a_checkpoint_that_carries_code(run_folder, tmp_path, cli
     ("missing", r"weights in .*model\.safetensors do not match .*missing: heads\.label\.fc\.bias"),
 ])
 def test_eval_names_the_file_and_tensor_of_broken_weights(run_folder, cli, capsys, damage, expected):
-    from edh.io import save_tensors
+    from edh.utils.io import save_tensors
 
     path = run_folder / "model.safetensors"
     state = _weights(run_folder)
@@ -252,7 +252,7 @@ def test_compile_option_trains_through_torch_compile(tmp_path, monkeypatch):
 
     import torch._dynamo
 
-    from edh.spec import parse_run_spec
+    from edh.core.spec import parse_run_spec
     from edh.train.runner import train_run
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))  # dynamo, no C++ build
@@ -266,7 +266,7 @@ def test_compile_option_trains_through_torch_compile(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_compile_failure_falls_back_to_eager_with_a_warning(tmp_path, monkeypatch, caplog):
-    from edh.spec import parse_run_spec
+    from edh.core.spec import parse_run_spec
     from edh.train.runner import train_run
 
     def broken(module, **options):
@@ -283,7 +283,7 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
-    from edh.spec import parse_run_spec
+    from edh.core.spec import parse_run_spec
     from edh.train.runner import train_run
 
     spec = tiny_run_spec(epochs=3)
@@ -323,7 +323,7 @@ def test_ddp_two_cpu_processes_match_one(tmp_path):
 
 
 def test_starting_over_in_a_run_folder_leaves_no_stale_checkpoint(tmp_path):
-    from edh.spec import parse_run_spec
+    from edh.core.spec import parse_run_spec
     from edh.train.runner import train_run
 
     run_dir = tmp_path / "run"

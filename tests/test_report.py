@@ -35,7 +35,7 @@ def test_demo_report_renders_in_a_browser(tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     images = int(re.search(r'data-images="(\d+)"', dom.stdout).group(1))
     broken = int(re.search(r'data-broken-images="(\d+)"', dom.stdout).group(1))
-    from edh.demo import DEMOS
+    from edh.workflows.demo import DEMOS
 
     assert images >= 2 * len(DEMOS) and broken == 0  # at least a diagram and a picture per model
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]

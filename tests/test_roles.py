@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edh.builder import build_component
-from edh.io import load_tensors, save_tensors
+from edh.core.builder import build_component
+from edh.utils.io import load_tensors, save_tensors
 from roles import check_matches_spec, flat_tensors, registered, tiny_options
 
 

@@ -10,9 +10,10 @@ import torch
 
 import edh
 from edh.data.base import build_data
-from edh.features import FeatureSpec
+from edh.core.features import FeatureSpec
 from edh.heads.segmentation import SegmentationHead, dice_loss
-from edh.spec import SpecError, parse_run_spec, read_yaml
+from edh.core.spec import parse_run_spec, read_yaml
+from edh.core.errors import SpecError
 from roles import check_matches_spec
 
 ENCODERS = {
@@ -193,8 +194,8 @@ def test_image_masks_errors_name_the_file(tmp_path, case, message):
 
 # ---- a run end to end -------------------------------------------------------------------------
 def test_tiny_run_trains_evaluates_and_draws(tmp_path):
-    from edh.evaluate import evaluate_run
-    from edh.predict import predict_images
+    from edh.workflows.evaluate import evaluate_run
+    from edh.workflows.predict import predict_images
     from edh.train.runner import train_run
 
     spec = parse_run_spec({

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import edh
-from edh.registry import UnknownComponentError
-from edh.spec import ModelSpec, RunSpec, SpecError, from_yaml, load_spec, parse_model_spec, parse_run_spec, to_yaml
+from edh.core.registry import UnknownComponentError
+from edh.core.spec import ModelSpec, RunSpec, from_yaml, load_spec, parse_model_spec, parse_run_spec, to_yaml
+from edh.core.errors import SpecError
 
 YAML_SPEC = """
 encoder: {name: resnet18}

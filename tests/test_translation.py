@@ -14,7 +14,8 @@ from edh.data.text import collate_translation, read_ding_pairs, read_tsv
 from edh.data.tokenizer import TextTokenizer
 from edh.ops.generation import (beam_search, generate, generation_head, greedy_search, greedy_uncached,
                                 is_seq2seq)
-from edh.spec import RunSpec, SpecError
+from edh.core.spec import RunSpec
+from edh.core.errors import SpecError
 
 V = 40
 

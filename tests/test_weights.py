@@ -10,9 +10,9 @@ import torch
 import torchvision
 
 import edh
-from edh.builder import build_component
-from edh.io import WeightsFileError, load_tensors, save_tensors, torch_load
-from edh.weights import adapt_first_conv
+from edh.core.builder import build_component
+from edh.utils.io import WeightsFileError, load_tensors, save_tensors, torch_load
+from edh.utils.weights import adapt_first_conv
 
 
 def _from_torchvision(state: dict, head: str = "label") -> dict:

@@ -14,19 +14,19 @@ __all__ = ["__version__", "build", "Model", "FeatureSpec", "list_components", "l
 
 def __getattr__(name: str) -> Any:
     if name in ("build", "Model"):
-        from edh import model
+        from edh.core import model
 
         return getattr(model, name)
     if name == "FeatureSpec":
-        from edh.features import FeatureSpec
+        from edh.core.features import FeatureSpec
 
         return FeatureSpec
     if name == "list_components":
-        from edh.catalog import list_components
+        from edh.inspection.catalog import list_components
 
         return list_components
     if name == "load_run":
-        from edh.run import load_run
+        from edh.workflows.run import load_run
 
         return load_run
     raise AttributeError(f"module 'edh' has no attribute {name!r}")

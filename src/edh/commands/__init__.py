@@ -24,7 +24,7 @@ def add_speed_arguments(parser) -> None:
 
 
 def apply_speed_arguments(args, loaded) -> None:
-    """Replace ``loaded.model`` by an `edh.perf.InferenceModel` when a speed flag is given."""
+    """Replace ``loaded.model`` by an `edh.utils.perf.InferenceModel` when a speed flag is given."""
     if not (args.fast or args.bf16 or args.compile):
         return
     if getattr(args, "backend", "torch") != "torch":
@@ -33,6 +33,6 @@ def apply_speed_arguments(args, loaded) -> None:
     if loaded.info.input_kind != "image":
         raise ValueError(f"--fast / --bf16 / --compile apply to image models; {loaded.path} takes "
                          f"{loaded.info.input_kind} (its decoding already reuses a KV cache)")
-    from edh.perf import InferenceModel
+    from edh.utils.perf import InferenceModel
 
     loaded.model = InferenceModel(loaded.model, bf16=args.bf16, compile=args.compile)

@@ -13,7 +13,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from edh.demo import DEMOS, run_demo
+    from edh.workflows.demo import DEMOS, run_demo
 
     chosen = [d for d in DEMOS if not args.only or d.name in args.only]
     unknown = set(args.only or []) - {d.name for d in DEMOS}
@@ -27,7 +27,7 @@ def run(args) -> int:
         for head, values in result.metrics.items():
             print(f"test [{head}] " + "  ".join(f"{k}={v:.4f}" for k, v in values.items()))
         results.append(result)
-    from edh.report import write_report
+    from edh.inspection.report import write_report
 
     html_path, md_path = write_report(results, Path(args.out))
     print("\n=== summary ===")

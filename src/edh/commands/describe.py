@@ -27,9 +27,9 @@ def load_model_for(target: str):
     """A model (and its data info, if known) from a run folder, a run spec or a model spec."""
     from pathlib import Path
 
-    from edh.model import Model
-    from edh.run import read_run_spec
-    from edh.spec import RunSpec, load_spec
+    from edh.core.model import Model
+    from edh.workflows.run import read_run_spec
+    from edh.core.spec import RunSpec, load_spec
 
     path = Path(target)
     if path.is_dir():

@@ -12,7 +12,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from edh.commands.describe import model_and_size
-    from edh.diagram import draw
+    from edh.inspection.diagram import draw
 
     model, size = model_and_size(args.target, args.input_size)
     path = draw(model, model.describe(size), args.out, title=str(args.target))

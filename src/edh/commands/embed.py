@@ -16,12 +16,12 @@ def run(args) -> int:
 
     import numpy as np
 
-    from edh.embed import embed_images
-    from edh.run import load_run
+    from edh.workflows.embed import embed_images
+    from edh.workflows.run import load_run
 
     features = embed_images(load_run(args.run_dir), args.images, args.role)
     out = Path(args.out)
-    from edh.io import atomic_write
+    from edh.utils.io import atomic_write
 
     atomic_write(out, lambda f: np.save(f, features))
     print(f"wrote {out}: {features.shape[0]} x {features.shape[1]} features of {args.role}")

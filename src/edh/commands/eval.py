@@ -17,8 +17,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
 
-    from edh.evaluate import evaluate_run
-    from edh.run import load_run
+    from edh.workflows.evaluate import evaluate_run
+    from edh.workflows.run import load_run
 
     loaded = load_run(args.run_dir)
     apply_speed_arguments(args, loaded)

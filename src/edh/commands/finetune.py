@@ -23,9 +23,10 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from edh.run import CKPT_FILE, load_run
-    from edh.spec import RunSpec, SpecError, load_spec, parse_run_spec, to_dict
-    from edh.surgery import parse_head_option
+    from edh.workflows.run import CKPT_FILE, load_run
+    from edh.core.spec import RunSpec, load_spec, parse_run_spec, to_dict
+    from edh.core.errors import SpecError
+    from edh.workflows.surgery import parse_head_option
 
     source = load_run(args.run_dir)
     spec = to_dict(source.spec)

@@ -12,7 +12,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
 
-    from edh.catalog import list_components
+    from edh.inspection.catalog import list_components
 
     catalog = list_components(args.what[:-1] if args.what else None)
     if args.json:

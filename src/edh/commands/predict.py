@@ -25,8 +25,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from edh.predict import predict_images
-    from edh.run import load_run
+    from edh.workflows.predict import predict_images
+    from edh.workflows.run import load_run
 
     loaded = load_run(args.run_dir)
     apply_speed_arguments(args, loaded)
@@ -37,12 +37,12 @@ def run(args) -> int:
             raise ValueError("--sample decodes with the eager decoder; drop --backend onnxruntime to sample")
         loaded = onnx_run(loaded, args.onnx)
     if loaded.info.input_kind == "tokens":  # text in, text out (translation)
-        from edh.translate import translate_lines
+        from edh.workflows.translate import translate_lines
 
         translate_lines(loaded, args.images, args.input, args.out, beam_size=args.beam)
         return 0
     if getattr(args, "sample", None) is not None:
-        from edh.predict import sample_images
+        from edh.workflows.predict import sample_images
 
         if not args.out:
             raise ValueError("--sample writes a picture: give --out DIR")

@@ -16,8 +16,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from edh.run import CKPT_FILE
-    from edh.spec import load_spec, RunSpec, SpecError
+    from edh.workflows.run import CKPT_FILE
+    from edh.core.spec import load_spec, RunSpec
+    from edh.core.errors import SpecError
 
     spec = None
     if args.spec:
@@ -29,7 +30,7 @@ def run(args) -> int:
     if args.resume:
         run_dir = Path(args.resume)
         if spec is None:
-            from edh.run import read_run_spec
+            from edh.workflows.run import read_run_spec
 
             spec, _ = read_run_spec(run_dir)
     else:

@@ -16,8 +16,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from edh.run import load_run
-    from edh.translate import translate_lines
+    from edh.workflows.run import load_run
+    from edh.workflows.translate import translate_lines
 
     if args.beam is not None and args.beam < 1:
         raise ValueError(f"--beam must be at least 1, got {args.beam}")

@@ -87,7 +87,7 @@ def load_fasterrcnn_weights(model: torch.nn.Module, weights: dict[str, torch.Ten
     Every missing, unexpected or mis-shaped tensor is named in the error.
     """
     if not isinstance(weights, dict):
-        from edh.io import load_tensors
+        from edh.utils.io import load_tensors
 
         weights = load_tensors(weights)
     state = convert_state_dict(weights, head)

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from edh.builder import validate_options
-from edh.registry import lookup
+from edh.core.builder import validate_options
+from edh.core.registry import lookup
 
 
 class DataFilesMissingError(FileNotFoundError):

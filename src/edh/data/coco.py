@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from edh.data.base import DataBundle, DataFilesMissingError, DataInfo, split_indices
-from edh.registry import register_dataset
+from edh.core.registry import register_dataset
 
 log = logging.getLogger("edh")
 

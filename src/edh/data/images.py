@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from edh.data.base import DataBundle, DataFilesMissingError, DataInfo, ImageTensorDataset, split_indices
 from edh.data.transforms import eval_transform, train_transform
-from edh.registry import register_dataset
+from edh.core.registry import register_dataset
 
 FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from edh.data.base import DataBundle, DataFilesMissingError, DataInfo, split_indices
-from edh.registry import register_dataset
+from edh.core.registry import register_dataset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from edh.data.base import DataBundle, DataInfo, split_indices
-from edh.registry import register_dataset
+from edh.core.registry import register_dataset
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
 MEAN, STD = 0.19, 0.15  # normalisation per channel: the generated images' mean and std (digits, default options)

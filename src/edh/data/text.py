@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from edh.data.base import DataBundle, DataFilesMissingError, DataInfo, split_indices
 from edh.data.tokenizer import TextTokenizer
-from edh.registry import register_dataset
+from edh.core.registry import register_dataset
 
 log = logging.getLogger("edh")
 

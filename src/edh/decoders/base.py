@@ -1,12 +1,18 @@
-"""The Decoder contract: encoder features in, features at the output's resolution / length out."""
+"""The Decoder contract: encoder features in, features at the output's resolution / length out.
+
+`StepDecoder` adds the contract of a decoder that generates one token at a time (Transformer,
+LSTM): greedy and beam search (`edh.ops.generation`), the ONNX decoder-step export and its
+onnxruntime runner (`edh.export.generation`) use only what it declares.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
-from edh.features import FeatureSpec
+from edh.core.features import FeatureSpec
 
 
 class Decoder(nn.Module):
@@ -16,18 +22,102 @@ class Decoder(nn.Module):
     ``out_spec``. ``forward(features, **context)`` receives the encoder's features plus whatever
     the task supplies (for example the target prefix of a seq2seq decoder).
 
-    A seq2seq decoder also implements ``init_cache`` / ``step`` for incremental generation.
-
     Attributes:
         accepts: the `FeatureSpec` kinds this decoder can be built on.
+        produces: the kind of its ``out_spec``.
+        can_sample: ``sample(count, generator)`` draws outputs from a prior (variational decoders).
     """
 
     out_spec: FeatureSpec
     accepts: tuple[str, ...] = ("pyramid",)
+    produces: str = "pyramid"
+    can_sample: bool = False
 
     def __init__(self, in_spec: FeatureSpec) -> None:
         super().__init__()
         self.in_spec = in_spec
 
     def forward(self, features: Any, **context: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def objective(self) -> tuple[str, dict[str, Any]] | None:
+        """How this decoder's output is scored when the model has no heads (its output *is* the
+        result, as an autoencoder's): a registered head type and its options, e.g.
+        ``("reconstruction", {"loss": "mse"})``. None (the default): this decoder needs a head."""
+        return None
+
+    def sample(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``count`` outputs drawn from the decoder's prior (decoders with ``can_sample``)."""
+        raise NotImplementedError(f"decoder {type(self).__name__} cannot sample from a prior")
+
+
+class StepCache:
+    """What a `StepDecoder` keeps between generation steps (a typed cache per decoder).
+
+    Generation reads ``length`` and ``capacity`` and calls ``select`` after each beam-search step.
+
+    Attributes:
+        length: positions decoded so far.
+        capacity: the most positions this cache can hold.
+    """
+
+    length: int = 0
+    capacity: int = 0
+
+    def select(self, rows: torch.Tensor) -> None:  # pragma: no cover - abstract
+        """Reorder the cache so row ``i`` continues row ``rows[i]`` (beam search)."""
+        raise NotImplementedError
+
+
+class StepDecoder(Decoder):
+    """A decoder that also decodes one position per row at a time, from a typed cache.
+
+    Eager generation: ``init_cache(memory, max_new_tokens, beam_size)`` then ``step(tokens, cache)``
+    per position, ``cache.select(rows)`` for beam search. ONNX export and its runner use the same
+    step through tensors only:
+
+    - ``export_memory(memory)``: what is computed once per source, as named tensors (the encoder
+      graph's outputs besides the encoder's own);
+    - ``export_initial_state(memory_tensors, rows)``: the state before the first step;
+    - ``export_step(tokens, memory_tensors, state) -> (hidden, state)``: one traceable step;
+    - ``export_axes``: per tensor name, ``{axis: name}`` of its dynamic axes; the axis named
+      ``rows`` is the one beam search repeats and reorders.
+
+    Attributes:
+        bos_id, eos_id, pad_id: special token ids (start of a target, end of a target, padding).
+        max_length: the longest target the decoder can produce (its positions).
+        hidden_size: width of ``step``'s output, the generating head's input.
+    """
+
+    accepts: tuple[str, ...] = ("sequence",)
+    produces: str = "sequence"
+    bos_id: int = 1
+    eos_id: int = 2
+    pad_id: int = 0
+    max_length: int = 1024
+    hidden_size: int = 0
+    export_axes: dict[str, dict[int, str]] = {}
+
+    def init_cache(self, memory: Any, max_new_tokens: int, beam_size: int = 1) -> StepCache:  # pragma: no cover
+        """A cache for ``max_new_tokens`` positions of every row (``beam_size`` rows per source)."""
+        raise NotImplementedError
+
+    def step(self, tokens: torch.Tensor, cache: StepCache) -> torch.Tensor:  # pragma: no cover - abstract
+        """``tokens (N,)`` (each row's previous token) -> ``(N, hidden_size)``; advances ``cache``."""
+        raise NotImplementedError
+
+    def check_length(self, max_new_tokens: int) -> None:
+        """A clear error when ``max_new_tokens`` is past ``max_length``."""
+        if max_new_tokens > self.max_length:
+            raise ValueError(f"cannot generate {max_new_tokens} tokens: the decoder's positions stop at "
+                             f"{self.max_length} (max_len); ask for fewer tokens")
+
+    def export_memory(self, memory: Any) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def export_initial_state(self, memory: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def export_step(self, tokens: torch.Tensor, memory: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from edh.decoders.base import Decoder
-from edh.features import FeatureSpec
+from edh.core.features import FeatureSpec
 from edh.layers.conv import ConvNormAct
-from edh.registry import register_decoder
+from edh.core.registry import register_decoder
 
 RECONSTRUCTION_LOSSES = ("mse", "l1")
 

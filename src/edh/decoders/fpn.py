@@ -16,8 +16,8 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from edh.decoders.base import Decoder
-from edh.features import FeatureSpec
-from edh.registry import register_decoder
+from edh.core.features import FeatureSpec
+from edh.core.registry import register_decoder
 
 
 def default_levels(in_spec: FeatureSpec) -> list[int]:

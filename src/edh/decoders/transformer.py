@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from edh.decoders.base import Decoder
-from edh.features import FeatureSpec, Sequence
+from edh.core.features import FeatureSpec, Sequence
 from edh.layers.attention import additive_mask, key_padding_mask
 from edh.layers.positional import make_positions
 from edh.layers.transformer import DecoderLayer, init_transformer_weights, resolve_preset, token_embedding
-from edh.registry import register_decoder
-from edh.spec import SpecError
+from edh.core.registry import register_decoder
+from edh.core.errors import SpecError
 
 
 @dataclass

@@ -21,15 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from edh.decoders.base import Decoder
-from edh.features import FeatureSpec
+from edh.core.features import FeatureSpec
 from edh.layers.conv import ConvNormAct
-from edh.registry import register_decoder
+from edh.core.registry import register_decoder
+from edh.ops.crop import crop_to
 
-
-def crop_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    """``x`` cut to ``size`` at the bottom / right (a view; nothing happens when it already fits)."""
-    h, w = int(size[0]), int(size[1])
-    return x if x.shape[-2] == h and x.shape[-1] == w else x[..., :h, :w]
 
 
 class UnetBlock(nn.Module):

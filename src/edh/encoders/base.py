@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edh.features import FeatureSpec
+from edh.core.features import FeatureSpec
 
 
 class Encoder(nn.Module):

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from edh.encoders.base import Encoder
-from edh.features import FeatureSpec
-from edh.registry import register_encoder
-from edh.weights import load_encoder_weights
+from edh.core.features import FeatureSpec
+from edh.core.registry import register_encoder
+from edh.utils.weights import load_encoder_weights
 
 
 class BasicBlock(nn.Module):

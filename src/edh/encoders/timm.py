@@ -7,8 +7,8 @@ import difflib
 import torch
 
 from edh.encoders.base import Encoder
-from edh.features import FeatureSpec
-from edh.registry import UnknownComponentError, register_encoder
+from edh.core.features import FeatureSpec
+from edh.core.registry import UnknownComponentError, register_encoder
 
 
 @register_encoder("timm")

@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from edh.encoders.base import Encoder
-from edh.features import FeatureSpec, Sequence
+from edh.core.features import FeatureSpec, Sequence
 from edh.layers.attention import key_padding_mask
 from edh.layers.positional import make_positions
 from edh.layers.transformer import EncoderLayer, init_transformer_weights, resolve_preset, token_embedding
-from edh.registry import register_encoder
-from edh.weights import load_encoder_weights
+from edh.core.registry import register_encoder
+from edh.utils.weights import load_encoder_weights
 
 
 @register_encoder("transformer")

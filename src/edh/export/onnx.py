@@ -140,7 +140,7 @@ def export_graph(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str 
     """
     import onnx
 
-    from edh.io import atomic_write
+    from edh.utils.io import atomic_write
 
     if len(input_names) != len(inputs):
         raise ExportError(f"{len(inputs)} example inputs but {len(input_names)} input names")

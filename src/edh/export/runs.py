@@ -8,7 +8,7 @@ Families:
 - translators (step-wise decoder + ``lm`` head): an encoder graph and a decoder-step graph with
   its KV cache (`edh.export.translation`).
 
-Every export folds BatchNorm into the preceding convs (`edh.perf.fold_batchnorm`), keeps only
+Every export folds BatchNorm into the preceding convs (`edh.utils.perf.fold_batchnorm`), keeps only
 the chosen heads (`Model.remove_heads`), and is checked with onnxruntime against the run's own
 eager model at another batch size than the traced one.
 
@@ -30,7 +30,7 @@ from torch import nn
 
 from edh.export.onnx import (DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, OnnxGraph, OutputCheck, check_graph,
                              export_graph)
-from edh.run import Run, load_run
+from edh.workflows.run import Run, load_run
 from edh.version import __version__
 
 log = logging.getLogger("edh")
@@ -75,7 +75,7 @@ def count_batchnorm(module: nn.Module) -> int:
 
 def prepare_model(model: nn.Module, heads: list[str] | None = None, fold_bn: bool = True) -> nn.Module:
     """A copy of ``model`` for export: eval mode, only ``heads`` kept, BatchNorm folded into convs."""
-    from edh.perf import fold_batchnorm
+    from edh.utils.perf import fold_batchnorm
 
     prepared = copy.deepcopy(model).eval()
     if heads:

@@ -11,7 +11,7 @@
 
 `OnnxSeq2Seq` offers what `edh.ops.generation` reads from a model (``encoder``, a ``decoder``
 with ``init_cache`` / ``step`` and a cache with ``select``, a head with ``logits``), so the same
-greedy and beam search loops run over onnxruntime, and `edh.translate.Translator` uses it as it
+greedy and beam search loops run over onnxruntime, and `edh.workflows.translate.Translator` uses it as it
 uses the eager model.
 """
 

@@ -1,4 +1,9 @@
-"""The Head contract: features of one source in, one task's outputs, loss and predictions out."""
+"""The Head contract: features of one source in, one task's outputs, loss, metrics and predictions out.
+
+A head is its task, end to end. Train, evaluate, predict, export, demo, describe, diagram and head
+surgery call only what this class declares; a head that has nothing to say for one of them keeps
+the default. A new head type is one file that subclasses `Head` plus ``@register_head("name")``.
+"""
 
 from __future__ import annotations
 
@@ -8,53 +13,79 @@ from typing import Any
 import torch
 from torch import nn
 
-from edh.features import FeatureSpec
+from edh.core.features import FeatureSpec
 
 
 class Head(nn.Module):
     """Maps features to one task's result.
 
-    Built from the `FeatureSpec` of its source (``in_spec``). Subclasses implement:
+    Built from the `FeatureSpec` of its source (``in_spec``). What a subclass implements:
 
     - ``forward(features, **context)``: raw outputs (logits, maps, ...). ``context`` holds
-      ``input_size`` (the ``(H, W)`` of the model input) and, when training, ``targets``.
-    - ``loss(outputs, targets) -> dict[str, Tensor]``: named loss terms for this head's targets.
+      ``input_size`` (the ``(H, W)`` of an image input) and, when training, ``targets``.
+    - ``select_targets(targets, key)``: this head's targets out of the batch (default ``targets[key]``).
+    - ``loss(outputs, targets) -> dict[str, Tensor]``: named loss terms.
+    - ``make_metrics(stage)`` / ``update_metrics(metrics, outputs, targets)`` / ``summarize``: a
+      torchmetrics object, how to feed it, and its computed values as a report (validation, ``edh eval``).
     - ``predict(outputs, **meta)``: post-processed predictions (probabilities, masks, boxes, tokens).
-    - ``make_metrics(stage)`` / ``update_metrics(metrics, outputs, targets)``: a torchmetrics object
-      and how to feed it, used for validation and ``edh eval``; ``summarize`` turns its values into
-      a report.
-    - ``format_prediction`` / ``write_predictions``: what ``edh predict`` prints and draws.
+      ``meta`` holds ``input_size`` and ``inputs`` (the model input batch) and options such as ``top_k``.
+    - ``postprocess(outputs)``: the traceable part of ``predict`` that ONNX export puts in the graph
+      (``export_postprocess``), and ``from_postprocessed`` turning the graph's result back into what
+      ``predict`` returns: one implementation for eager and exported prediction.
+    - ``format_prediction`` / ``write_predictions`` / ``prediction_records``: what ``edh predict``,
+      ``edh eval`` and the demo print, draw and write.
+    - ``bind_data(info)``: the run's data description (normalisation, class names), given once by the
+      workflows before metrics or pictures are made.
+    - ``transfer_from(trained)``: head surgery, carrying weights over from a trained head of the same name.
 
     Attributes:
         accepts: the `FeatureSpec` kinds this head can be built on.
         task: a short word for what the head does (``classification``, ``segmentation``...).
+        function: one line for ``describe`` and ``diagram``: what the head computes.
+        reads_level: the pyramid level the head reads when given a whole pyramid (``-1``: the
+            deepest), or None when it reads every level; ``describe`` and ``diagram`` show that level.
+        branches: named sub-modules ``describe`` shows as rows of their own (``{"roi.box_head": "..."}``).
+        export_postprocess: ``postprocess`` can be traced into an ONNX graph with a dynamic batch
+            axis (``"batched"``), only one image at a time (``"single"``), or not at all (None: the
+            graph gives raw outputs and the eager ``predict`` runs on them).
+        generates: the head turns decoder features into token logits (``logits``) for step-by-step
+            generation (`edh.ops.generation`); ``generation_defaults`` gives its search settings.
     """
 
     accepts: tuple[str, ...] = ("pyramid", "sequence", "vector")
     task: str = "generic"
+    function: str = "map features to the task's output"
+    reads_level: int | None = None
+    branches: dict[str, str] = {}
+    export_postprocess: str | None = None
+    generates: bool = False
 
     def __init__(self, in_spec: FeatureSpec) -> None:
         super().__init__()
         self.in_spec = in_spec
 
+    # ---- training ---------------------------------------------------------------------------------
     def forward(self, features: Any, **context: Any) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def loss(self, outputs: Any, targets: Any) -> dict[str, torch.Tensor]:  # pragma: no cover
-        raise NotImplementedError
-
-    def predict(self, outputs: Any, **meta: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def select_targets(self, targets: dict[str, Any], key: str) -> Any:
         """This head's targets out of the batch's target dict; ``key`` is the head spec's ``target``
         (default: the head's name). Most heads read ``targets[key]``; a head that learns from several
         entries (detection: ``boxes`` and ``labels``) overrides this. A missing entry raises
-        ``KeyError(entry)``."""
+        ``KeyError(entry)``. The workflows add the model input as ``targets["inputs"]``."""
         return targets[key]
 
+    def loss(self, outputs: Any, targets: Any) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def bind_data(self, info: Any) -> None:
+        """Called by the workflows with the run's `edh.data.base.DataInfo` (``mean`` / ``std``,
+        ``class_names``, ``image_size``...) before metrics, predictions or pictures are made. A head
+        that checks the data against its options raises a `SpecError` here. Default: nothing."""
+
+    # ---- metrics ----------------------------------------------------------------------------------
     def make_metrics(self, stage: str = "val") -> Any:
-        """Metrics for ``stage`` (``val`` during training; ``test`` may add per-class detail)."""
+        """Metrics for ``stage`` (``val`` during training; ``test`` may add per-class detail), or None."""
         return None
 
     def update_metrics(self, metrics: Any, outputs: Any, targets: Any) -> None:
@@ -63,6 +94,21 @@ class Head(nn.Module):
     def summarize(self, values: dict[str, torch.Tensor], out_dir: Path | None = None) -> tuple[dict[str, float], list[str]]:
         """Computed metric values -> (scalars to print, extra report lines); may write plots to ``out_dir``."""
         return {k: float(v) for k, v in values.items() if v.numel() == 1}, []
+
+    # ---- prediction -------------------------------------------------------------------------------
+    def predict(self, outputs: Any, **meta: Any) -> Any:
+        """Post-processed predictions. Default: ``from_postprocessed(postprocess(outputs))``."""
+        return self.from_postprocessed(self.postprocess(outputs), **meta)
+
+    def postprocess(self, outputs: Any) -> Any:
+        """The traceable post-processing (tensors in, tensors out) shared by ``predict`` and an ONNX
+        graph with post-processing in it. Default: the raw outputs."""
+        return outputs
+
+    def from_postprocessed(self, result: Any, **meta: Any) -> Any:
+        """What ``predict`` returns, from ``postprocess``'s result (eager, or read back from an ONNX
+        graph: then ``meta["batch_size"]`` gives the number of images). Default: the result itself."""
+        return result
 
     def format_prediction(self, prediction: Any, index: int) -> str:
         """One line describing sample ``index`` of ``predict``'s result (for ``edh predict``)."""
@@ -78,3 +124,20 @@ class Head(nn.Module):
         ``paths`` (model input ``input_size``; ``info`` is the run's `DataInfo`). ``edh predict --out``
         gathers them over all images into ``OUT/<head>.json``. Default: none."""
         return []
+
+    # ---- generation -------------------------------------------------------------------------------
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``(..., D)`` decoder features -> ``(..., V)`` token logits (heads with ``generates``)."""
+        raise NotImplementedError(f"head {type(self).__name__} does not generate tokens")
+
+    def generation_defaults(self) -> dict[str, Any]:
+        """``beam_size``, ``length_penalty``, ``max_new_tokens`` for generation (heads with ``generates``)."""
+        return {"beam_size": 1, "length_penalty": 1.0, "max_new_tokens": None}
+
+    # ---- head surgery -----------------------------------------------------------------------------
+    def transfer_from(self, trained: "Head") -> str | None:
+        """Carry weights over from ``trained`` (the head of the same name in a trained model) when
+        tensors of equal name and shape would be wrong to copy as they are (e.g. classes renamed or
+        reordered). Return a report line when this head took care of its weights, or None to let
+        head surgery copy every tensor whose name and shape match. Default: None."""
+        return None

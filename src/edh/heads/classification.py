@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edh.features import FeatureSpec, Sequence
+from edh.core.features import FeatureSpec, Sequence
 from edh.heads.base import Head
-from edh.registry import register_head
+from edh.layers.pooling import POOLS, global_pool
+from edh.core.registry import register_head
 
 IGNORE = -1  # a sample without this head's label (partial labels) carries -1
 
@@ -47,7 +48,7 @@ class ClassificationHead(Head):
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
-        if pool not in ("avg", "max", "avgmax"):
+        if pool not in POOLS:
             raise ValueError(f"pool must be avg, max or avgmax, got {pool!r}")
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
@@ -58,20 +59,7 @@ class ClassificationHead(Head):
         self.fc = nn.Linear(in_spec.width, num_classes)
 
     def _pooled(self, features: Any) -> torch.Tensor:
-        if isinstance(features, Sequence):
-            x, mask = features
-            if mask is None:
-                return x.mean(dim=1)
-            keep = (~mask).unsqueeze(-1).to(x.dtype)  # (B, T, 1)
-            return (x * keep).sum(1) / keep.sum(1).clamp_min(1)
-        if isinstance(features, (list, tuple)):
-            features = features[-1]
-        if features.ndim == 2:
-            return features
-        if self.pool == "avg":
-            return features.mean(dim=(2, 3))  # (B, C)
-        peak = features.amax(dim=(2, 3))
-        return peak if self.pool == "max" else 0.5 * (peak + features.mean(dim=(2, 3)))
+        return global_pool(features, self.pool)
 
     def forward(self, features: Any, **context: Any) -> torch.Tensor:
         return self.fc(self.dropout(self._pooled(features)))  # (B, num_classes)
@@ -117,7 +105,7 @@ class ClassificationHead(Head):
             for name, p, r in zip(self.class_names, values["precision"].tolist(), values["recall"].tolist()):
                 lines.append(f"{name:<{width}}  {p:9.3f}  {r:6.3f}")
         if "confusion" in values and out_dir is not None:
-            from edh.plots import confusion_matrix_png
+            from edh.utils.plots import confusion_matrix_png
 
             path = confusion_matrix_png(values["confusion"], self.class_names, Path(out_dir) / "confusion_matrix.png")
             lines.append(f"confusion matrix: {path}")
@@ -126,7 +114,7 @@ class ClassificationHead(Head):
     def write_predictions(self, prediction: dict[str, Any], images: torch.Tensor, paths: list[Path],
                           out_dir: Path) -> list[Path]:
         """One grid of the images, each titled with its top-1 label and probability."""
-        from edh.plots import labelled_grid
+        from edh.utils.plots import labelled_grid
 
         titles = [f"{labels[0]} {scores[0]:.2f}" for labels, scores in
                   zip(prediction["labels"], prediction["scores"].tolist())]

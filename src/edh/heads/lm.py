@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edh.features import FeatureSpec, Sequence
+from edh.core.features import FeatureSpec, Sequence
 from edh.heads.base import Head
 from edh.layers import packed
-from edh.registry import register_head
-from edh.spec import SpecError
+from edh.core.registry import register_head
+from edh.core.errors import SpecError
 
 
 @register_head("lm")

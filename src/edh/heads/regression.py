@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edh.embed import pool
-from edh.features import FeatureSpec
+from edh.core.features import FeatureSpec
 from edh.heads.base import Head
-from edh.registry import register_head
+from edh.layers.pooling import global_pool
+from edh.core.registry import register_head
 
 _LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss}
 
@@ -48,7 +48,7 @@ class RegressionHead(Head):
             if hidden else nn.Linear(width, num_outputs)
 
     def forward(self, features: Any, **context: Any) -> torch.Tensor:
-        return self.mlp(pool(features))  # (B, num_outputs)
+        return self.mlp(global_pool(features))  # (B, num_outputs)
 
     def _targets(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return targets.float().reshape(outputs.shape[0], -1)

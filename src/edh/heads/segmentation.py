@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edh.decoders.unet import crop_to
-from edh.features import FeatureSpec
+from edh.ops.crop import crop_to
+from edh.core.features import FeatureSpec
 from edh.heads.base import Head
-from edh.registry import register_head
+from edh.core.registry import register_head
 
 LOSSES = ("ce", "dice", "ce+dice")
 
@@ -187,7 +187,7 @@ def overlay_png(image_path: str | Path, mask: torch.Tensor, class_names: list[st
     from matplotlib.patches import Patch
     from PIL import Image
 
-    from edh.plots import display_image, save_figure
+    from edh.utils.plots import display_image, save_figure
 
     mask = mask.cpu().numpy()
     if image is not None and not Path(image_path).is_file():

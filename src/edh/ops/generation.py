@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from edh.features import Sequence
+from edh.core.features import Sequence
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
 

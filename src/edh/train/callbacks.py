@@ -9,8 +9,8 @@ from pathlib import Path
 
 import lightning as L
 
-from edh.io import atomic_write, atomic_write_text
-from edh.run import CURVES_FILE, METRICS_FILE, save_weights
+from edh.utils.io import atomic_write, atomic_write_text
+from edh.workflows.run import CURVES_FILE, METRICS_FILE, save_weights
 
 
 class RunFolderWriter(L.Callback):

@@ -6,7 +6,7 @@ from typing import Any
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from edh.io import torch_load, torch_save
+from edh.utils.io import torch_load, torch_save
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

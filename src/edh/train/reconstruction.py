@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from edh.data.base import DataInfo
-from edh.registry import lookup
-from edh.spec import RunSpec, SpecError
+from edh.core.registry import lookup
+from edh.core.spec import RunSpec
+from edh.core.errors import SpecError
 
 TARGET_KEYS = ("image", "inputs")  # the first present is the reconstruction target
 
@@ -165,7 +166,7 @@ def image_grid_png(rows: list[tuple[str, torch.Tensor]], info: DataInfo, path: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edh.plots import save_figure
+    from edh.utils.plots import save_figure
 
     lines = []  # (label, chunk of at most `columns` images)
     for label, images in rows:

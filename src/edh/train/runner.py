@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from edh.data.base import DataBundle, DataInfo, build_data
-from edh.io import atomic_write_text
-from edh.registry import lookup
-from edh.run import (CKPT_FILE, CURVES_FILE, METRICS_FILE, WEIGHTS_FILE, Run, load_run, read_run_spec, save_weights,
+from edh.utils.io import atomic_write_text
+from edh.core.registry import lookup
+from edh.workflows.run import (CKPT_FILE, CURVES_FILE, METRICS_FILE, WEIGHTS_FILE, Run, load_run, read_run_spec, save_weights,
                      write_spec)
-from edh.spec import RunSpec, SpecError, to_dict
+from edh.core.spec import RunSpec, to_dict
+from edh.core.errors import SpecError
 
 log = logging.getLogger("edh")
 
@@ -115,12 +116,12 @@ def make_trainer(spec: RunSpec, run_dir: Path, callbacks: list[Any] | None = Non
 
 
 def compile_forward(model: Any) -> None:
-    """``train.compile``: run ``model``'s forward through ``torch.compile`` (`edh.perf.maybe_compile`:
+    """``train.compile``: run ``model``'s forward through ``torch.compile`` (`edh.utils.perf.maybe_compile`:
     if compiling fails, a warning says why and training goes on eagerly). The model object, its
     roles and its state dict keys stay as they are; only its ``forward`` is replaced."""
     from torch import nn
 
-    from edh.perf import maybe_compile
+    from edh.utils.perf import maybe_compile
 
     eager = model.forward
 
@@ -148,13 +149,13 @@ def train_run(spec: RunSpec, run_dir: str | Path, resume: bool = False, init_fro
     """Train ``spec`` into ``run_dir``; with ``resume``, continue from ``run_dir/last.ckpt``.
 
     ``init_from`` (a trained `Model`) starts training from its weights wherever they fit
-    (`edh.surgery.transfer_weights`; used by ``edh finetune``).
+    (`edh.workflows.surgery.transfer_weights`; used by ``edh finetune``).
 
     Returns the loaded `Run` (its weights are the last epoch's); ``edh eval`` tests it.
     """
     import lightning as L
 
-    from edh.model import Model
+    from edh.core.model import Model
     from edh.train.task import EdhTask
 
     _quiet_lightning()
@@ -180,7 +181,7 @@ def train_run(spec: RunSpec, run_dir: str | Path, resume: bool = False, init_fro
         atomic_write_text(run_dir / name, text)
     model = Model(spec.model, pretrained=init_from is None)
     if init_from is not None and not resume:
-        from edh.surgery import transfer_weights
+        from edh.workflows.surgery import transfer_weights
 
         for line in transfer_weights(init_from, model):
             log.info("finetune: %s", line)

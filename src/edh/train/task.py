@@ -9,8 +9,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from edh.model import Model
-from edh.spec import TrainSpec
+from edh.core.model import Model
+from edh.core.spec import TrainSpec
 from edh.train.batch import unpack_batch
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from edh.features import FeatureSpec
+from edh.core.features import FeatureSpec
 from edh.heads.base import Head
 from edh.ops.boxes import DetectionTargets, check_targets, split_targets, to_xywh
 

@@ -42,7 +42,7 @@ def draw_detections(path: str | Path, detections: dict[str, torch.Tensor], input
     from torchvision.utils import draw_bounding_boxes
 
     from edh.heads.segmentation import class_colours
-    from edh.io import atomic_write
+    from edh.utils.io import atomic_write
 
     if Path(path).is_file() or image is None:
         with Image.open(path) as original:

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from edh.features import FeatureSpec
+from edh.core.features import FeatureSpec
 from edh.heads.detection.base import DetectionHead, Detections
 from edh.heads.detection.roi import RoIHeads
 from edh.heads.detection.rpn import RegionProposalNetwork
-from edh.registry import register_head
+from edh.core.registry import register_head
 
 
 @register_head("faster_rcnn")

@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
-from edh.features import FeatureSpec
+from edh.core.features import FeatureSpec
 from edh.heads.detection.base import DetectionHead, Detections
 from edh.layers.conv import ConvNormAct
 from edh.ops.anchors import AnchorGrid
 from edh.ops.boxes import BoxCoder, DetectionTargets
 from edh.ops.matching import BalancedPositiveNegativeSampler, Matcher, match_boxes
-from edh.registry import register_head
+from edh.core.registry import register_head
 
 
 class RPNConv(nn.Module):

@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from edh.features import FeatureSpec
+from edh.core.features import FeatureSpec
 from edh.heads.detection.base import DetectionHead, Detections
 from edh.ops.anchors import grid_points
 from edh.ops.boxes import filter_detections
 from edh.ops.matching import center_sampling_match
-from edh.registry import register_head
+from edh.core.registry import register_head
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import torch
 
 from edh.data.tokenizer import TextTokenizer
 from edh.ops.generation import generate, generation_head, is_seq2seq
-from edh.run import Run
+from edh.workflows.run import Run
 
 
 class Translator:
@@ -47,7 +47,7 @@ class Translator:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Translator":
-        from edh.run import load_run
+        from edh.workflows.run import load_run
 
         return cls(load_run(run_dir))
 
@@ -101,12 +101,12 @@ def evaluate_translation(run: Run, split: str = "test", batch_size: int | None =
     translation is written to ``out_dir/translations-<split>.tsv`` (source, translation, reference).
 
     Returns:
-        an `edh.evaluate.Evaluation` with ``metrics[head] = {bleu, chrf, exact_match}`` and the
+        an `edh.workflows.evaluate.Evaluation` with ``metrics[head] = {bleu, chrf, exact_match}`` and the
         examples in ``reports[head]``.
     """
     from edh.data.base import build_data
-    from edh.evaluate import Evaluation
-    from edh.registry import lookup
+    from edh.workflows.evaluate import Evaluation
+    from edh.core.registry import lookup
 
     translator = Translator(run)
     spec = run.spec
@@ -125,7 +125,7 @@ def evaluate_translation(run: Run, split: str = "test", batch_size: int | None =
     result.metrics[translator.head_name] = translation_scores(hypotheses, references)
     result.reports[translator.head_name] = example_lines(sources, hypotheses, references, examples)
     if out_dir is not None:
-        from edh.io import atomic_write_text
+        from edh.utils.io import atomic_write_text
 
         path = Path(out_dir) / f"translations-{split}.tsv"
         rows = ["source\ttranslation\treference"] + ["\t".join(r) for r in zip(sources, hypotheses, references)]
@@ -147,7 +147,7 @@ def translate_lines(run: Run, texts: list[str], input_file: str | None = None, o
                     **options: Any) -> list[str]:
     """Translate ``texts`` and the lines of ``input_file``; write one line per input to ``out_file``
     (atomically) or print ``source<TAB>translation`` lines. Returns the translations."""
-    from edh.io import atomic_write_text
+    from edh.utils.io import atomic_write_text
 
     texts = list(texts)
     if input_file:

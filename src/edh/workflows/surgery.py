@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import yaml
 
-from edh.model import Model
+from edh.core.model import Model
 
 
 def parse_head_option(text: str) -> tuple[str, dict[str, Any]]:

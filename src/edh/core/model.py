@@ -7,9 +7,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from edh.builder import build_component
-from edh.features import FeatureSpec
-from edh.spec import HeadSpec, ModelSpec, SpecError, parse_model_spec
+from edh.core.builder import build_component
+from edh.core.features import FeatureSpec
+from edh.core.spec import HeadSpec, ModelSpec, parse_model_spec
+from edh.core.errors import SpecError
 
 
 class RoleMismatchError(SpecError):
@@ -79,7 +80,7 @@ class Model(nn.Module):
     # ---- wiring -------------------------------------------------------------------------------
     @staticmethod
     def _decoder_accepts(name: str) -> tuple[str, ...]:
-        from edh import registry
+        from edh.core import registry
 
         builder = registry.lookup("decoder", name, "decoder.name")
         return getattr(builder, "accepts", ("pyramid",))
@@ -118,7 +119,7 @@ class Model(nn.Module):
         return spec.level(level)
 
     def _attach_head(self, name: str, head_spec: HeadSpec) -> None:
-        from edh import registry
+        from edh.core import registry
 
         if not name.isidentifier():
             raise SpecError(f"heads.{name}: a head name must be a Python identifier (letters, digits, _)")
@@ -243,8 +244,8 @@ class Model(nn.Module):
         return self
 
     def describe(self, input_size: tuple[int, ...] | None = None):
-        """A `edh.describe.Description` of every role: input, output, parameters, MACs."""
-        from edh.describe import describe_model
+        """A `edh.inspection.describe.Description` of every role: input, output, parameters, MACs."""
+        from edh.inspection.describe import describe_model
 
         return describe_model(self, input_size)
 

@@ -8,25 +8,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from edh.features import Sequence
-from edh.run import Run
-
-
-def pool(features: Any) -> torch.Tensor:
-    """``(B, C)`` from a pyramid (global mean of its deepest level), a `Sequence` (mean over
-    non-padding tokens) or a vector."""
-    if isinstance(features, Sequence):
-        x, mask = features
-        keep = torch.ones(x.shape[:2], device=x.device) if mask is None else (~mask).float()
-        return (x * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp_min(1)
-    if isinstance(features, (list, tuple)):
-        features = features[-1]
-    return features.mean(dim=(2, 3)) if features.ndim == 4 else features
+from edh.layers.pooling import global_pool
+from edh.workflows.run import Run
 
 
 def embed_images(run: Run, paths: list[str | Path], role: str = "encoder", batch_size: int = 32) -> np.ndarray:
     """``(N, C)`` float32 pooled features of ``role`` (``encoder``, ``encoder.N`` or ``decoder``)."""
-    from edh.predict import load_inputs
+    from edh.workflows.predict import load_inputs
 
     model = run.model.eval()
     name, _, level = role.partition(".")
@@ -45,5 +33,5 @@ def embed_images(run: Run, paths: list[str | Path], role: str = "encoder", batch
                 features = model.decoder(features)
             if level:
                 features = [features[int(level)]]
-            rows.append(pool(features).float().cpu())
+            rows.append(global_pool(features).float().cpu())
     return torch.cat(rows).numpy()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from edh.describe import Description, human
-from edh.io import atomic_write
+from edh.inspection.describe import Description, human
+from edh.utils.io import atomic_write
 
 _COLORS = {"input": "#eeeeee", "encoder": "#cfe2ff", "decoder": "#d1e7dd", "head": "#fff3cd"}
 

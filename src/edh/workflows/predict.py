@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from edh.run import Run
+from edh.workflows.run import Run
 
 
 @dataclass
@@ -74,7 +74,7 @@ def predict_images(run: Run, paths: list[str | Path], out_dir: str | Path | None
         if rows:
             import json
 
-            from edh.io import atomic_write_text
+            from edh.utils.io import atomic_write_text
 
             written.append(atomic_write_text(Path(out_dir) / f"{name}.json", json.dumps(rows)))
     return results, written

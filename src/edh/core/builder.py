@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import ConfigDict, ValidationError, create_model
 
-from edh import registry
-from edh.spec import SpecError
+from edh.core import registry
+from edh.core.errors import SpecError
 
 _SKIP = {"self", "in_spec", "args", "kwargs"}
 

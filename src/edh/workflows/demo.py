@@ -73,7 +73,7 @@ def example_pictures(run, out_dir: Path, count: int = 8) -> list[Path]:
         prediction = head.predict(outputs[name], input_size=tuple(inputs.shape[-2:]))
         written += head.write_predictions(prediction, inputs, paths, out_dir / "examples" / name)
     if not run.model.heads:  # an autoencoder: its decoder's first output is the reconstruction
-        from edh.predict import reconstruction_grid
+        from edh.workflows.predict import reconstruction_grid
 
         pairs = [(inputs, outputs["decoder"][0][..., :inputs.shape[-2], :inputs.shape[-1]])]
         written.append(reconstruction_grid(run, pairs, out_dir / "examples" / "reconstructions.png"))
@@ -83,7 +83,7 @@ def example_pictures(run, out_dir: Path, count: int = 8) -> list[Path]:
 def load_config(name: str, overrides: dict[str, Any] | None = None):
     """The shipped config ``name`` as a `RunSpec`, with dotted-key ``overrides`` applied first
     (``{"train.epochs": 2}``; a value of None removes the key: ``{"model.heads.label": None}``)."""
-    from edh.spec import parse_run_spec, read_yaml
+    from edh.core.spec import parse_run_spec, read_yaml
 
     data = read_yaml(config_path(name))
     for dotted, value in (overrides or {}).items():
@@ -99,7 +99,7 @@ def load_config(name: str, overrides: dict[str, Any] | None = None):
 
 
 def run_demo(demo: Demo, out_root: Path, quick: bool = False) -> DemoResult:
-    from edh.evaluate import evaluate_run
+    from edh.workflows.evaluate import evaluate_run
     from edh.train.runner import train_run
 
     spec = load_config(demo.config, {**demo.overrides, **({"train.epochs": 1} if quick else {})})
@@ -111,7 +111,7 @@ def run_demo(demo: Demo, out_root: Path, quick: bool = False) -> DemoResult:
     evaluation = evaluate_run(run, "test", run_dir, progress=False)
     size = tuple(run.info.image_size) if run.info.image_size else None
     description = run.model.describe(size)
-    from edh.diagram import draw
+    from edh.inspection.diagram import draw
 
     diagram = draw(run.model, description, run_dir / "diagram.png", title=demo.title)
     lines = [line for head_lines in evaluation.reports.values() for line in head_lines

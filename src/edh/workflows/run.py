@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from edh.data.base import DataInfo
-from edh.io import WeightsFileError, atomic_write_text, load_tensors, save_tensors
-from edh.spec import RunSpec, SpecError, parse_run_spec, read_yaml, to_yaml
+from edh.utils.io import WeightsFileError, atomic_write_text, load_tensors, save_tensors
+from edh.core.spec import RunSpec, parse_run_spec, read_yaml, to_yaml
+from edh.core.errors import SpecError
 from edh.version import __version__
 
 SPEC_FILE, DATA_FILE, WEIGHTS_FILE, METRICS_FILE, CURVES_FILE, CKPT_FILE = (
@@ -92,7 +93,7 @@ def read_run_spec(path: str | Path) -> tuple[RunSpec, DataInfo]:
 
 def load_run(path: str | Path) -> Run:
     """Rebuild a run's model from its folder alone (spec + safetensors), in eval mode."""
-    from edh.model import Model
+    from edh.core.model import Model
 
     path = check_run_folder(path)
     spec, info = read_run_spec(path)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from edh.run import Run
+from edh.workflows.run import Run
 
 
 @dataclass
@@ -25,7 +25,7 @@ def evaluate_run(run: Run, split: str = "test", out_dir: str | Path | None = Non
     from edh.ops.generation import is_seq2seq
 
     if is_seq2seq(run.model):  # translation: BLEU / chrF / exact match need generated text, not logits
-        from edh.translate import evaluate_translation
+        from edh.workflows.translate import evaluate_translation
 
         return evaluate_translation(run, split, batch_size, progress, out_dir=out_dir)
     from torch.utils.data import DataLoader

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from edh.io import atomic_write
+from edh.utils.io import atomic_write
 
 
 def save_figure(fig, path: Path) -> Path:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from edh import registry
-from edh.builder import accepted_options
+from edh.core import registry
+from edh.core.builder import accepted_options
 
 
 def _first_doc_line(builder: Any) -> str:

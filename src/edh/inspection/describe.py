@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edh.features import Sequence
+from edh.core.features import Sequence
 
 FUNCTIONS = {
     "encoder": "compress the input, extract features",

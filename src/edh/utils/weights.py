@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edh.io import WeightsFileError, load_tensors
+from edh.utils.io import WeightsFileError, load_tensors
 
 log = logging.getLogger("edh")
 

@@ -14,13 +14,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edh.core.errors import SpecError
 from edh.version import __version__
 
 ROLE_NAMES = ("encoder", "decoder", "heads")
 
 
-class SpecError(ValueError):
-    """A spec that cannot be used, with the key path, the file and the fix in the message."""
 
 
 class _Strict(BaseModel):

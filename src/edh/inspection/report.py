@@ -7,8 +7,8 @@ import html
 import os
 from pathlib import Path
 
-from edh.describe import human
-from edh.io import atomic_write_text
+from edh.inspection.describe import human
+from edh.utils.io import atomic_write_text
 
 
 def _data_uri(path: Path) -> str:
