@@ -12,7 +12,19 @@ import edh
 from edh.decoders.conv import VariationalOutput
 from edh.core.spec import parse_run_spec
 from edh.core.errors import SpecError
-from edh.train.reconstruction import ReconstructionLoss, kl_divergence, make_reconstruction_loss
+from edh.heads.reconstruction import ReconstructionHead, kl_divergence
+from edh.core.features import FeatureSpec
+
+IMAGES = FeatureSpec("pyramid", (1,), (1,))
+
+
+def _objective(loss: str = "mse", kl_weight: float = 1.0, mean=(0.0,), std=(1.0,), image_size=16) -> ReconstructionHead:
+    from edh.data.base import DataInfo
+
+    head = ReconstructionHead(IMAGES, loss, kl_weight)
+    head.bind_data(DataInfo(input_kind="image", in_channels=1, image_size=[image_size, image_size], mean=list(mean),
+                            std=list(std)))
+    return head
 
 ENCODER = {"name": "conv", "in_channels": 1, "channels": [4, 8, 16]}
 
@@ -30,7 +42,8 @@ def test_fully_convolutional_any_size(size):
     output = model(x)["decoder"]  # the model passes input_size: cropped back
     assert isinstance(output, list) and output[0].shape == (2, 1, *size)
     torch.testing.assert_close(output[0], alone[..., :size[0], :size[1]])
-    loss = ReconstructionLoss()([alone], {"inputs": x})  # the loss crops an overshoot too
+    assert set(model.tasks()) == {"decoder"} and not len(model.heads)  # the objective is no head of the model
+    loss = model.tasks()["decoder"].loss([alone], x)  # the loss crops an overshoot too
     loss["mse"].backward()
     assert all(p.grad is not None for p in model.parameters())
 
@@ -67,27 +80,28 @@ def test_decoder_errors(options, message):
 
 def test_loss_terms_and_metrics():
     target = torch.rand(2, 1, 16, 16)
-    loss = ReconstructionLoss("l1", mean=(0.0,), std=(1.0,))
-    assert loss([target + 0.25], {"inputs": target})["l1"].item() == pytest.approx(0.25)
-    assert loss.target_of({"image": target, "inputs": target * 0}) is target  # a given clean image wins
+    loss = _objective("l1")
+    assert loss.loss([target + 0.25], target)["l1"].item() == pytest.approx(0.25)
+    assert loss.select_targets({"image": target, "inputs": target * 0}, "decoder") is target  # a clean image wins
     zero = torch.zeros(4, 3)
     assert kl_divergence(zero, zero).item() == 0.0
     assert kl_divergence(torch.ones(4, 3), zero).item() == pytest.approx(1.5)
-    vae_loss = ReconstructionLoss("mse", kl_weight=2.0)
+    vae_loss = _objective("mse", kl_weight=2.0)
     output = VariationalOutput(target, torch.ones(2, 3), torch.zeros(2, 3))
-    assert vae_loss(output, {"inputs": target})["kl"].item() == pytest.approx(2.0 * 1.5 / 256)
+    assert vae_loss.loss(output, target)["kl"].item() == pytest.approx(2.0 * 1.5 / 256)
     # metrics in [0, 1] pixels: mean 0.5, std 0.25 normalisation; an error of 0.4 normalised = 0.1 in pixels
-    metric = ReconstructionLoss(mean=(0.5,), std=(0.25,))
+    head = _objective(mean=(0.5,), std=(0.25,))
+    metric = head.make_metrics("test")
     clean = torch.full((2, 1, 16, 16), 0.0)
-    metric.update_metrics([clean + 0.4], {"inputs": clean})
-    values = metric.compute_metrics()
-    assert values["psnr"].item() == pytest.approx(20.0, abs=1e-3)  # 10 log10(1 / 0.1^2)
-    metric.update_metrics([clean + 0.2], {"inputs": clean})  # compute_metrics reset the states
-    assert metric.compute_metrics()["psnr"].item() == pytest.approx(26.0206, abs=1e-3)
-    with pytest.raises(KeyError, match="targets\\['inputs'\\]"):
-        loss([target], {"label": torch.zeros(2)})
+    head.update_metrics(metric, [clean + 0.4], clean)
+    assert metric.compute()["psnr"].item() == pytest.approx(20.0, abs=1e-3)  # 10 log10(1 / 0.1^2)
+    metric.reset()
+    head.update_metrics(metric, [clean + 0.2], clean)
+    assert metric.compute()["psnr"].item() == pytest.approx(26.0206, abs=1e-3)
+    with pytest.raises(KeyError):
+        loss.select_targets({"label": torch.zeros(2)}, "decoder")
     with pytest.raises(ValueError, match="out_channels: 3"):
-        loss([target], {"inputs": torch.rand(2, 3, 16, 16)})
+        loss.loss([target], torch.rand(2, 3, 16, 16))
 
 
 def _spec(**decoder) -> dict:
@@ -105,16 +119,16 @@ def test_spec_mismatch_with_data_is_caught_before_training():
 
     info = build_data("digits", {"image_size": 8}, 0).info
     with pytest.raises(SpecError, match="out_channels: 1"):
-        make_reconstruction_loss(parse_run_spec(_spec(out_channels=3)), info)
+        edh.build(parse_run_spec(_spec(out_channels=3)).model).bind_data(info)
     with pytest.raises(SpecError, match="image_size: 8"):
-        make_reconstruction_loss(parse_run_spec(_spec(latent_dim=4, image_size=16)), info)
+        edh.build(parse_run_spec(_spec(latent_dim=4, image_size=16)).model).bind_data(info)
 
 
 def test_tiny_vae_run_reconstructs_and_samples(tmp_path):
     from PIL import Image
 
     from edh.workflows.evaluate import evaluate_run
-    from edh.workflows.predict import predict_images, sample_images
+    from edh.workflows.predict import predict_inputs, sample_images
     from edh.train.runner import train_run
 
     run = train_run(parse_run_spec(_spec(latent_dim=8, image_size=8, variational=True, kl_weight=0.1)),
@@ -123,8 +137,8 @@ def test_tiny_vae_run_reconstructs_and_samples(tmp_path):
     metrics = evaluation.metrics["decoder"]
     assert set(metrics) == {"psnr", "ssim"} and metrics["psnr"] > 5 and -1 <= metrics["ssim"] <= 1
     Image.fromarray((torch.rand(8, 8) * 255).byte().numpy()).save(tmp_path / "digit.png")
-    results, written = predict_images(run, [tmp_path / "digit.png"], tmp_path / "out")
-    assert "psnr" in results[0].lines["decoder"] and written[0].name == "reconstructions.png"
+    results, written = predict_inputs(run, [tmp_path / "digit.png"], tmp_path / "out")
+    assert "psnr" in results[0].lines["decoder"] and written[0].name == "digit_reconstructions.png"
     samples = sample_images(run, 6, tmp_path / "out", seed=0)
     assert samples.name == "samples.png" and samples.is_file()
 

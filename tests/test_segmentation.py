@@ -195,7 +195,7 @@ def test_image_masks_errors_name_the_file(tmp_path, case, message):
 # ---- a run end to end -------------------------------------------------------------------------
 def test_tiny_run_trains_evaluates_and_draws(tmp_path):
     from edh.workflows.evaluate import evaluate_run
-    from edh.workflows.predict import predict_images
+    from edh.workflows.predict import predict_inputs
     from edh.train.runner import train_run
 
     spec = parse_run_spec({
@@ -214,7 +214,7 @@ def test_tiny_run_trains_evaluates_and_draws(tmp_path):
 
     image = (run.info and build_data("scenes", spec.data.options(), 0).test.images[0]).permute(1, 2, 0).numpy()
     Image.fromarray(image).save(tmp_path / "scene.png")
-    results, written = predict_images(run, [tmp_path / "scene.png"], tmp_path / "out")
+    results, written = predict_inputs(run, [tmp_path / "scene.png"], tmp_path / "out")
     assert results[0].lines["mask"] and written == [tmp_path / "out" / "scene.overlay.png"]
     with Image.open(written[0]) as overlay:
         assert overlay.width > 200

@@ -30,7 +30,9 @@ def apply_speed_arguments(args, loaded) -> None:
     if getattr(args, "backend", "torch") != "torch":
         raise ValueError("--fast / --bf16 / --compile speed up the torch backend; onnxruntime runs the "
                          "exported graph as it is (BatchNorm already folded): drop them or --backend")
-    if loaded.info.input_kind != "image":
+    from edh.workflows.inputs import reader_for
+
+    if not reader_for(loaded).speed_options:
         raise ValueError(f"--fast / --bf16 / --compile apply to image models; {loaded.path} takes "
                          f"{loaded.info.input_kind} (its decoding already reuses a KV cache)")
     from edh.utils.perf import InferenceModel

@@ -52,8 +52,8 @@ def model_and_size(target: str, input_size: str | None) -> tuple[object, tuple[i
     size = parse_size(input_size)
     if size is None and info is not None and info.image_size:
         size = tuple(info.image_size)
-    if size is not None and model.encoder.input_kind == "tokens":
-        size = size[:1]
+    if size is not None:  # as many numbers as the encoder's input has sides (a token sequence: one)
+        size = size[:len(model.encoder.default_input_size)]
     return model, size
 
 

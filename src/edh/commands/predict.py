@@ -3,7 +3,7 @@ from __future__ import annotations
 from edh.commands import add_speed_arguments, apply_speed_arguments
 
 NAME = "predict"
-HELP = "predict with a trained run: top-k labels for images (heads that draw write into --out)"
+HELP = "predict with a trained run: every head's answer for images or sentences (heads that draw write into --out)"
 
 
 def add_arguments(parser) -> None:
@@ -25,7 +25,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from edh.workflows.predict import predict_images
+    from edh.ops.generation import is_seq2seq
+    from edh.workflows.predict import predict_inputs
     from edh.workflows.run import load_run
 
     loaded = load_run(args.run_dir)
@@ -36,7 +37,7 @@ def run(args) -> int:
         if getattr(args, "sample", None) is not None:
             raise ValueError("--sample decodes with the eager decoder; drop --backend onnxruntime to sample")
         loaded = onnx_run(loaded, args.onnx)
-    if loaded.info.input_kind == "tokens":  # text in, text out (translation)
+    if is_seq2seq(loaded.model):  # a generating model: text out, step by step
         from edh.workflows.translate import translate_lines
 
         translate_lines(loaded, args.images, args.input, args.out, beam_size=args.beam)
@@ -49,14 +50,22 @@ def run(args) -> int:
         print(f"wrote {sample_images(loaded, args.sample, args.out, args.seed)}")
         if not args.images:
             return 0
-    if not args.images:
-        raise ValueError("give one or more image files: edh predict RUNDIR img.png ...")
+    items = list(args.images)
+    if args.input:
+        from pathlib import Path
+
+        path = Path(args.input)
+        if not path.is_file():
+            raise FileNotFoundError(f"input file {path} does not exist (expected one input per line)")
+        items += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not items:
+        raise ValueError("give one or more inputs: edh predict RUNDIR img.png ... (text runs: sentences or --input FILE)")
     if args.heads:
         loaded.model.remove_heads(args.heads)
-    results, written = predict_images(loaded, args.images, args.out, args.top_k)
+    results, written = predict_inputs(loaded, items, args.out, args.top_k)
     for result in results:
         for head, line in result.lines.items():
-            print(f"{result.path}\t{head}: {line}")
+            print(f"{result.source}\t{head}: {line}")
     for path in written:
         print(f"wrote {path}")
     return 0

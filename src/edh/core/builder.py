@@ -14,8 +14,28 @@ from edh.core.errors import SpecError
 _SKIP = {"self", "in_spec", "args", "kwargs"}
 
 
+def _target(builder: Any) -> Any:
+    return builder.__init__ if inspect.isclass(builder) else builder
+
+
+# What a builder declares about the features it reads and gives, when it does not say: a builder may be
+# a class (which inherits the role base's attributes) or a function such as ``resnet18``.
+DECLARED_DEFAULTS = {"accepts": ("pyramid",), "produces": "pyramid"}
+
+
+def declared(builder: Any, attribute: str) -> Any:
+    """``accepts`` / ``produces`` of a registered builder (`DECLARED_DEFAULTS` when it states none)."""
+    return getattr(builder, attribute, DECLARED_DEFAULTS[attribute])
+
+
+def option_names(builder: Any) -> set[str]:
+    """The options ``builder`` takes (its keyword parameters, ``in_spec`` and ``self`` left out)."""
+    return {name for name, param in inspect.signature(_target(builder)).parameters.items()
+            if name not in _SKIP and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)}
+
+
 def _signature_model(builder: Any, title: str):
-    target = builder.__init__ if inspect.isclass(builder) else builder
+    target = _target(builder)
     try:
         hints = typing.get_type_hints(target)
     except Exception:  # unresolvable annotations: accept anything for those options
@@ -31,7 +51,7 @@ def _signature_model(builder: Any, title: str):
 
 def accepted_options(builder: Any) -> dict[str, str]:
     """Option name -> ``type = default`` text, for ``edh list`` and error messages."""
-    target = builder.__init__ if inspect.isclass(builder) else builder
+    target = _target(builder)
     out = {}
     for name, param in inspect.signature(target).parameters.items():
         if name in _SKIP or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):

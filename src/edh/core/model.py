@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edh.core.builder import build_component
+from edh.core.builder import build_component, declared
 from edh.core.features import FeatureSpec
 from edh.core.spec import HeadSpec, ModelSpec, parse_model_spec
 from edh.core.errors import SpecError
@@ -71,10 +71,12 @@ class Model(nn.Module):
         self._frozen: set[str] = set()
         for name, head_spec in spec.heads.items():
             self._attach_head(name, head_spec)
-        if not self.heads and self.decoder is None:
+        self.__dict__["_objective"] = None  # a model without heads: its decoder's objective (`tasks`)
+        if not self.heads and (self.decoder is None or self.decoder.objective() is None):
+            decoder = f"the decoder {spec.decoder.name!r} states no objective" if self.decoder is not None else "no decoder"
             raise SpecError(
-                "a model needs at least one head or a decoder: add `heads: {label: {type: classification, "
-                "num_classes: N}}` or a decoder whose output is the result"
+                f"a model needs at least one head or a decoder whose output is the result ({decoder}): add "
+                "`heads: {label: {type: classification, num_classes: N}}`, or a decoder such as conv_transpose"
             )
 
     # ---- wiring -------------------------------------------------------------------------------
@@ -83,7 +85,7 @@ class Model(nn.Module):
         from edh.core import registry
 
         builder = registry.lookup("decoder", name, "decoder.name")
-        return getattr(builder, "accepts", ("pyramid",))
+        return declared(builder, "accepts")
 
     @staticmethod
     def _check_kind(role: str, component: str, accepts: tuple[str, ...], source: str, source_component: str,
@@ -128,7 +130,7 @@ class Model(nn.Module):
         builder = registry.lookup("head", head_spec.type, f"{where}.type")
         role, _ = _parse_source(head_spec.source)
         component = (self.spec.decoder if role == "decoder" else self.spec.encoder).name
-        self._check_kind(f"head {name!r} of type", head_spec.type, getattr(builder, "accepts", ()), role,
+        self._check_kind(f"head {name!r} of type", head_spec.type, declared(builder, "accepts"), role,
                          component, in_spec)
         head = build_component("head", head_spec.type, head_spec.options(), where, in_spec)
         _bind(head, self.decoder if role == "decoder" else self.encoder)
@@ -136,13 +138,13 @@ class Model(nn.Module):
         self.head_specs[name] = head_spec
 
     def forward(self, inputs: Any, **context: Any) -> dict[str, Any]:
-        if isinstance(inputs, torch.Tensor) and hasattr(self.encoder, "check_input"):
+        if isinstance(inputs, torch.Tensor):
             self.encoder.check_input(inputs)
         features = self.encoder(inputs)
         if isinstance(inputs, torch.Tensor) and inputs.ndim == 4:  # decoders and heads may crop to it
             context = {**context, "input_size": tuple(inputs.shape[-2:])}
         decoded = self.decoder(features, **context) if self.decoder is not None else None
-        if not self.heads:
+        if not len(self.heads):  # the decoder's output is the result
             return {"decoder": decoded}
         outputs = {}
         for name, head in self.heads.items():
@@ -152,6 +154,34 @@ class Model(nn.Module):
                 source = [source[level]]
             outputs[name] = head(source, **context)
         return outputs
+
+    # ---- what the workflows train, evaluate and predict ---------------------------------------------
+    def tasks(self) -> dict[str, nn.Module]:
+        """Name -> the `Head` contract of each task: the heads, or, for a model without heads, the
+        decoder's objective (`Decoder.objective`, e.g. ``reconstruction``) under the name ``decoder``.
+        The objective holds no parameters and is not a role of the model: its role table shows no head."""
+        if len(self.heads):
+            return dict(self.heads)
+        if self.__dict__["_objective"] is None:
+            head_type, options = self.decoder.objective()
+            self.__dict__["_objective"] = build_component("head", head_type, options, "decoder (its objective)",
+                                                          self.decoder.out_spec)
+        return {"decoder": self.__dict__["_objective"]}
+
+    def target_key(self, task: str) -> str:
+        """The batch target a task learns from: its spec's ``target``, else its name."""
+        spec = self.head_specs.get(task)
+        return (spec.target if spec is not None else None) or task
+
+    def loss_weight(self, task: str) -> float:
+        spec = self.head_specs.get(task)
+        return spec.weight if spec is not None else 1.0
+
+    def bind_data(self, info: Any) -> "Model":
+        """Give every task the run's data description (`Head.bind_data`); called by the workflows."""
+        for head in self.tasks().values():
+            head.bind_data(info)
+        return self
 
     # ---- role-aware operations ---------------------------------------------------------------
     def roles(self) -> dict[str, nn.Module]:

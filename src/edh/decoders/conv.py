@@ -8,7 +8,7 @@ sampled during training, and `ConvTransposeDecoder.sample` decodes draws from th
 
 The decoder also carries its reconstruction loss options (``loss``, ``kl_weight``): in a model
 without heads the decoder's output *is* the result, so, as a head does, it states how it is scored
-(`edh.train.reconstruction` reads them from the spec).
+(`objective` names the ``reconstruction`` head type with them, `edh.heads.reconstruction`).
 """
 
 from __future__ import annotations
@@ -110,6 +110,13 @@ class ConvTransposeDecoder(Decoder):
         self.blocks = nn.Sequential(*[UpBlock(a, b, norm) for a, b in zip([width, *channels[:-1]], channels)])
         self.to_image = nn.Conv2d(channels[-1] if channels else width, out_channels, 3, padding=1)
         self.out_spec = FeatureSpec("pyramid", (out_channels,), (1,), ("image",))
+
+    can_sample = property(lambda self: self.variational)
+
+    def objective(self) -> tuple[str, dict]:
+        """Scored as an autoencoder's output: `edh.heads.reconstruction` with this decoder's loss options."""
+        return "reconstruction", {"loss": self.loss, "kl_weight": self.kl_weight, "out_channels": self.out_channels,
+                                  "image_size": list(self.image_size) if self.latent_dim is not None else None}
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent vectors ``(B, latent_dim)`` -> images ``(B, out_channels, H, W)``."""

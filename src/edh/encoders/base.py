@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -21,9 +23,11 @@ class Encoder(nn.Module):
         in_channels: image channels (image encoders).
         default_input_size: ``(H, W)`` used by ``describe`` when none is given (images),
             or ``(S,)`` for tokens.
+        produces: the kind of ``out_spec`` (``pyramid`` or ``sequence``), for ``edh list``.
     """
 
     out_spec: FeatureSpec
+    produces: str = "pyramid"
     input_kind: str = "image"
     in_channels: int = 3
     default_input_size: tuple[int, ...] = (224, 224)
@@ -35,6 +39,11 @@ class Encoder(nn.Module):
         if self.input_kind == "tokens":
             return torch.ones(batch_size, *size, dtype=torch.long, device=device)
         return torch.zeros(batch_size, self.in_channels, *size, device=device)
+
+    def describe_context(self, size: tuple[int, ...]) -> dict[str, Any]:
+        """Extra ``Model.forward`` context that ``describe`` passes with the example input of ``size``
+        (a seq2seq model's decoder prefix). Default: none."""
+        return {}
 
     def check_input(self, inputs: torch.Tensor) -> None:
         """Raise a clear error when an image batch does not fit this encoder."""

@@ -31,7 +31,8 @@ class Head(nn.Module):
       ``meta`` holds ``input_size`` and ``inputs`` (the model input batch) and options such as ``top_k``.
     - ``postprocess(outputs)``: the traceable part of ``predict`` that ONNX export puts in the graph
       (``export_postprocess``), and ``from_postprocessed`` turning the graph's result back into what
-      ``predict`` returns: one implementation for eager and exported prediction.
+      ``predict`` returns: one implementation for eager and exported prediction. ``align_predictions``
+      pairs up two predictions (eager, exported) so the export check compares them tensor by tensor.
     - ``format_prediction`` / ``write_predictions`` / ``prediction_records``: what ``edh predict``,
       ``edh eval`` and the demo print, draw and write.
     - ``bind_data(info)``: the run's data description (normalisation, class names), given once by the
@@ -47,7 +48,12 @@ class Head(nn.Module):
         branches: named sub-modules ``describe`` shows as rows of their own (``{"roi.box_head": "..."}``).
         export_postprocess: ``postprocess`` can be traced into an ONNX graph with a dynamic batch
             axis (``"batched"``), only one image at a time (``"single"``), or not at all (None: the
-            graph gives raw outputs and the eager ``predict`` runs on them).
+            graph gives raw outputs and the eager ``predict`` runs on them). A ``"single"`` head's
+            ``postprocess`` returns a list with one entry per image; the graph runs once per image and
+            ``from_postprocessed`` gets the entries of all images, in order.
+        export_raw: the raw outputs (``forward``'s) can be an ONNX graph's outputs with a dynamic batch
+            axis. False (e.g. per-image lists of proposals): export always puts ``postprocess`` in
+            the graph, so such a head needs ``export_postprocess``.
         generates: the head turns decoder features into token logits (``logits``) for step-by-step
             generation (`edh.ops.generation`); ``generation_defaults`` gives its search settings.
     """
@@ -58,6 +64,7 @@ class Head(nn.Module):
     reads_level: int | None = None
     branches: dict[str, str] = {}
     export_postprocess: str | None = None
+    export_raw: bool = True
     generates: bool = False
 
     def __init__(self, in_spec: FeatureSpec) -> None:
@@ -109,6 +116,13 @@ class Head(nn.Module):
         """What ``predict`` returns, from ``postprocess``'s result (eager, or read back from an ONNX
         graph: then ``meta["batch_size"]`` gives the number of images). Default: the result itself."""
         return result
+
+    def align_predictions(self, reference: Any, other: Any) -> tuple[Any, Any]:
+        """Two ``predict`` results for the same inputs (eager PyTorch's, and another backend's such as
+        an ONNX graph with ``postprocess`` in it) as two trees of tensors that compare leaf by leaf:
+        the same structure, entries in matching order. Raise ``ValueError`` saying why when they do
+        not pair up (e.g. other numbers of detections). Default: both as they are."""
+        return reference, other
 
     def format_prediction(self, prediction: Any, index: int) -> str:
         """One line describing sample ``index`` of ``predict``'s result (for ``edh predict``)."""

@@ -120,6 +120,24 @@ class ClassificationHead(Head):
                   zip(prediction["labels"], prediction["scores"].tolist())]
         return [labelled_grid(images, titles, Path(out_dir) / f"{Path(paths[0]).stem}_classification.png")]
 
+    def transfer_from(self, trained: Head) -> str | None:
+        """When the classes changed, keep the rows of the classes with the same name (label-name
+        mapping); the other rows start fresh. Same classes: None (every tensor is copied as it is)."""
+        if not isinstance(trained, ClassificationHead) or list(trained.class_names) == self.class_names:
+            return None
+        index = {name: i for i, name in enumerate(trained.class_names)}
+        rows = [(j, index[name]) for j, name in enumerate(self.class_names) if name in index]
+        if trained.fc.in_features != self.fc.in_features:
+            rows = []  # other features: no row carries over
+        with torch.no_grad():
+            for new_row, old_row in rows:
+                self.fc.weight[new_row] = trained.fc.weight[old_row]
+                self.fc.bias[new_row] = trained.fc.bias[old_row]
+        kept = [self.class_names[j] for j, _ in rows]
+        new = [c for c in self.class_names if c not in kept]
+        return (f"classes changed; kept the weights of {len(kept)} classes with the same name "
+                f"({', '.join(kept) or 'none'}); {len(new)} start fresh ({', '.join(new) or 'none'})")
+
     def format_prediction(self, prediction: dict[str, Any], index: int) -> str:
         pairs = zip(prediction["labels"][index], prediction["scores"][index].tolist())
         return ", ".join(f"{label} {score:.3f}" for label, score in pairs)

@@ -6,7 +6,7 @@ import inspect
 from typing import Any
 
 from edh.core import registry
-from edh.core.builder import accepted_options
+from edh.core.builder import accepted_options, declared
 
 
 def _first_doc_line(builder: Any) -> str:
@@ -17,7 +17,7 @@ def _first_doc_line(builder: Any) -> str:
 def list_components(role: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """``{role: [{name, summary, options, produces, accepts, fits}]}`` for encoders, decoders, heads, datasets."""
     roles = [role] if role else ["encoder", "decoder", "head", "dataset"]
-    encoders = {n: getattr(registry.lookup("encoder", n), "produces", "pyramid") for n in registry.names("encoder")}
+    encoders = {n: declared(registry.lookup("encoder", n), "produces") for n in registry.names("encoder")}
     out: dict[str, list[dict[str, Any]]] = {}
     for current in roles:
         rows = []
@@ -28,10 +28,10 @@ def list_components(role: str | None = None) -> dict[str, list[dict[str, Any]]]:
             if current == "encoder":
                 row["produces"] = encoders[name]
             elif current in ("decoder", "head"):
-                accepts = tuple(getattr(builder, "accepts", ("pyramid",)))
+                accepts = tuple(declared(builder, "accepts"))
                 row["accepts"] = list(accepts)
                 if current == "decoder":
-                    row["produces"] = getattr(builder, "produces", "pyramid")
+                    row["produces"] = declared(builder, "produces")
                 row["fits"] = [("timm:<model>" if e == "timm" else e) for e, kind in encoders.items() if kind in accepts]
             rows.append(row)
         out[current + "s"] = rows

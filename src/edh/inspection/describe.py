@@ -116,7 +116,7 @@ def describe_model(model, input_size: tuple[int, ...] | None = None, context: di
     counter = FlopCounterMode(display=False, depth=None)
     try:
         with torch.no_grad(), counter:
-            model(example, **(context or getattr(encoder, "describe_context", lambda s: {})(size)))
+            model(example, **(context or encoder.describe_context(size)))
     finally:
         for hook in hooks:
             hook.remove()
@@ -128,11 +128,7 @@ def describe_model(model, input_size: tuple[int, ...] | None = None, context: di
         table = flops.get(key, {})
         return int(sum(table.values()) // 2)
 
-    in_channels = getattr(encoder, "in_channels", None)
-    if encoder.input_kind == "image":
-        input_shape = [f"({1}, {in_channels}, {', '.join(map(str, size))})"]
-    else:
-        input_shape = [f"tokens (1, {', '.join(map(str, size))})"]
+    input_shape = [("" if example.is_floating_point() else "tokens ") + str(tuple(example.shape))]
     rows = []
     spec = model.spec
     for name, module in model.roles().items():
@@ -146,8 +142,8 @@ def describe_model(model, input_size: tuple[int, ...] | None = None, context: di
         else:
             head = name.split(".", 1)[1]
             head_spec = model.head_specs[head]
-            function = getattr(module, "function", None) or FUNCTIONS["head"]
-            reads = getattr(module, "reads_level", None)
+            function = module.function
+            reads = module.reads_level
             if reads is not None and isinstance(args, (list, tuple)):
                 args = [args[reads]]
             rows.append(RoleRow(f"Head:{head}", head_spec.type, function, head_spec.source, shapes(args),
@@ -159,7 +155,7 @@ def describe_model(model, input_size: tuple[int, ...] | None = None, context: di
 def _branches(head: nn.Module, head_name: str, flops: dict, root: str) -> list[RoleRow]:
     """Rows for the named branches a head declares in ``branches`` (e.g. RoI cls / box)."""
     rows = []
-    for branch, function in getattr(head, "branches", {}).items():
+    for branch, function in head.branches.items():
         module = head.get_submodule(branch)
         table = flops.get(f"{root}.heads.{head_name}.{branch}", {})
         rows.append(RoleRow(f"  {head_name}.{branch}", type(module).__name__, function, "", [], [],

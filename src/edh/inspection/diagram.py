@@ -80,7 +80,7 @@ def draw(model, description: Description, path: str | Path, title: str = "") -> 
         text = f"{head.role}: {head.component}\nout {', '.join(head.output[:1])}\n{human(head.params)} params"
         box(next_x, y - 0.55, 3.0, 1.1, "head", text, 8)
         source = head.source if head.source in sources else head.source.split(".")[0]
-        if source == "encoder" and getattr(model.heads[head.role[5:]], "reads_level", None) == -1:
+        if source == "encoder" and model.heads[head.role[5:]].reads_level == -1:
             source = f"encoder.{len(levels) - 1}"
         x0, y0 = sources.get(source, sources["encoder"])
         arrow(x0 + 0.05, y0, next_x - 0.05, y, head.input[0] if head.input else "")

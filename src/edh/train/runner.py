@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
 from typing import Any
 
 from edh.data.base import DataBundle, DataInfo, build_data
 from edh.utils.io import atomic_write_text
+from edh.core.builder import option_names
 from edh.core.registry import lookup
 from edh.workflows.run import (CKPT_FILE, CURVES_FILE, METRICS_FILE, WEIGHTS_FILE, Run, load_run, read_run_spec, save_weights,
                      write_spec)
@@ -23,14 +23,12 @@ def resolve_spec(spec: RunSpec, info: DataInfo) -> RunSpec:
     head whose target the data describes, options such as ``num_classes`` and ``class_names``."""
     data = to_dict(spec)
     encoder = data["model"]["encoder"]
-    builder = lookup("encoder", encoder["name"])
-    target = builder.__init__ if inspect.isclass(builder) else builder
-    if info.input_kind == "image" and "in_channels" in inspect.signature(target).parameters:
+    if "in_channels" in option_names(lookup("encoder", encoder["name"])):
         given = encoder.setdefault("in_channels", info.in_channels)
         if given != info.in_channels:
             raise SpecError(
                 f"model.encoder.in_channels is {given} but the data {spec.data.name!r} has {info.in_channels}-channel "
-                f"images; set in_channels: {info.in_channels} (or remove it to take the data's)"
+                f"inputs; set in_channels: {info.in_channels} (or remove it to take the data's)"
             )
     for role in ("encoder", "decoder"):
         _fill_role_defaults(spec, data["model"][role], role, info.extra.get(f"{role}_defaults", {}))
@@ -45,8 +43,7 @@ def resolve_spec(spec: RunSpec, info: DataInfo) -> RunSpec:
                 f"{', '.join(sorted(info.targets))}; set heads.{name}.target to one of them"
             )
         options = defaults.get(key, {})
-        head_builder = lookup("head", head["type"])
-        accepted = inspect.signature(head_builder.__init__ if inspect.isclass(head_builder) else head_builder).parameters
+        accepted = option_names(lookup("head", head["type"]))
         for key, value in options.items():
             if key in accepted and key not in head:
                 if key == "class_names" and head.get("num_classes", len(value)) != len(value):
@@ -61,8 +58,7 @@ def _fill_role_defaults(spec: RunSpec, component: dict[str, Any] | None, role: s
     spec left them out; a different value in the spec is an error."""
     if component is None or not defaults:
         return
-    builder = lookup(role, component["name"])
-    accepted = inspect.signature(builder.__init__ if inspect.isclass(builder) else builder).parameters
+    accepted = option_names(lookup(role, component["name"]))
     for key, value in defaults.items():
         if key not in accepted:
             continue
@@ -179,7 +175,7 @@ def train_run(spec: RunSpec, run_dir: str | Path, resume: bool = False, init_fro
     write_spec(run_dir, spec, bundle.info)
     for name, text in bundle.files.items():  # e.g. the tokenizer fitted on the training split
         atomic_write_text(run_dir / name, text)
-    model = Model(spec.model, pretrained=init_from is None)
+    model = Model(spec.model, pretrained=init_from is None).bind_data(bundle.info)
     if init_from is not None and not resume:
         from edh.workflows.surgery import transfer_weights
 
@@ -191,12 +187,7 @@ def train_run(spec: RunSpec, run_dir: str | Path, resume: bool = False, init_fro
         model = model.to(memory_format=torch.channels_last)
     if spec.train.compile:
         compile_forward(model)
-    reconstruction = None
-    if not model.heads:
-        from edh.train.reconstruction import make_reconstruction_loss
-
-        reconstruction = make_reconstruction_loss(spec, bundle.info)
-    task = EdhTask(model, spec.train, reconstruction)
+    task = EdhTask(model, spec.train)
     train_loader, val_loader = _loaders(bundle, spec)
     from edh.train.data_loading import ResumeCallback
 

@@ -14,41 +14,33 @@ from edh.core.spec import TrainSpec
 from edh.train.batch import unpack_batch
 
 
-def head_losses(model: Model, outputs: dict[str, Any], targets: dict[str, Any],
-                reconstruction: Any = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Each head's summed loss, and every named term (``head/term``) for logging.
-
-    A model without heads is trained with ``reconstruction(decoder_output, targets)`` under the name
-    ``decoder``.
-    """
+def head_losses(model: Model, outputs: dict[str, Any], targets: dict[str, Any]
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Each task's summed loss (`Model.tasks`: the heads, or a model without heads' decoder
+    objective), and every named term (``task/term``) for logging."""
     terms: dict[str, torch.Tensor] = {}
     per_head: dict[str, torch.Tensor] = {}
-    if not model.heads:
-        if reconstruction is None:
-            raise ValueError("a model without heads needs a reconstruction loss (train.reconstruction)")
-        parts = reconstruction(outputs["decoder"], targets)
-        terms.update({f"decoder/{name}": value for name, value in parts.items()})
-        per_head["decoder"] = sum(parts.values())
-        return per_head, terms
-    for name, head in model.heads.items():
-        key = model.head_specs[name].target or name
-        try:
-            head_targets = head.select_targets(targets, key)
-        except KeyError as missing:
-            raise KeyError(f"head {name!r} learns from target {missing.args[0]!r}, but the batch only has targets "
-                           f"{sorted(targets)}; set heads.{name}.target to one of them") from None
-        parts = head.loss(outputs[name], head_targets)
+    for name, head in model.tasks().items():
+        parts = head.loss(outputs[name], task_targets(model, name, head, targets))
         per_head[name] = sum(parts.values())
         terms.update({f"{name}/{term}": value.detach() for term, value in parts.items()})
     return per_head, terms
 
 
-def combine_losses(model: Model, outputs: dict[str, Any], targets: dict[str, Any],
-                   reconstruction: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The spec-weighted sum of every head's loss, and each named term."""
-    per_head, terms = head_losses(model, outputs, targets, reconstruction)
-    weights = {name: (model.head_specs[name].weight if name in model.head_specs else 1.0) for name in per_head}
-    return sum(weights[n] * loss for n, loss in per_head.items()), terms
+def task_targets(model: Model, name: str, head: Any, targets: dict[str, Any]) -> Any:
+    """``head.select_targets`` for the task ``name``, with a message naming the targets there are."""
+    try:
+        return head.select_targets(targets, model.target_key(name))
+    except KeyError as missing:
+        raise KeyError(f"head {name!r} learns from target {missing.args[0]!r}, but the batch only has targets "
+                       f"{sorted(targets)}; set heads.{name}.target to one of them") from None
+
+
+def combine_losses(model: Model, outputs: dict[str, Any], targets: dict[str, Any]
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The spec-weighted sum of every task's loss, and each named term."""
+    per_head, terms = head_losses(model, outputs, targets)
+    return sum(model.loss_weight(n) * loss for n, loss in per_head.items()), terms
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
@@ -64,31 +56,28 @@ def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
 
 
 class EdhTask(L.LightningModule):
-    """Trains every head of a `Model` (or its decoder, for a model without heads).
+    """Trains every task of a `Model` (`Model.tasks`: its heads, or its decoder's objective).
 
     Args:
         model: the edh model; its roles named in ``train.freeze`` are frozen here.
         train: optimizer, learning rates per role, schedule.
-        reconstruction: loss for models without heads, ``(decoder_output, targets) -> {name: loss}``.
     """
 
-    def __init__(self, model: Model, train: TrainSpec, reconstruction: Any = None) -> None:
+    def __init__(self, model: Model, train: TrainSpec) -> None:
         super().__init__()
         self.model = model
         self.train_spec = train
-        self.reconstruction = reconstruction
         from edh.train.balancing import make_balancing
 
-        names = list(model.heads) or ["decoder"]
-        self.balancing = make_balancing(train.loss_balancing,
-                                        {n: (model.head_specs[n].weight if n in model.head_specs else 1.0) for n in names})
+        tasks = model.tasks()
+        self.balancing = make_balancing(train.loss_balancing, {n: model.loss_weight(n) for n in tasks})
         if train.freeze:
             model.freeze(*train.freeze)
         self.val_metrics = nn.ModuleDict()
         self.test_metrics = nn.ModuleDict()
-        for name, head in model.heads.items():
+        for name, head in tasks.items():
             for store, stage in ((self.val_metrics, "val"), (self.test_metrics, "test")):
-                metrics = head.make_metrics(stage) if _takes_stage(head) else head.make_metrics()
+                metrics = head.make_metrics(stage)
                 if metrics is not None:
                     store[name] = metrics
 
@@ -102,10 +91,8 @@ class EdhTask(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         inputs, targets, context = unpack_batch(batch)
-        if self.reconstruction is not None:  # a model without heads reconstructs its inputs
-            targets = {"inputs": inputs, **targets}
         outputs = self.model(self._prepare(inputs), targets=targets, **context)
-        per_head, terms = head_losses(self.model, outputs, targets, self.reconstruction)
+        per_head, terms = head_losses(self.model, outputs, targets)
         loss = self.balancing(per_head)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -126,17 +113,12 @@ class EdhTask(L.LightningModule):
 
     def _eval_step(self, batch: Any, stage: str, store: nn.ModuleDict) -> None:
         inputs, targets, context = unpack_batch(batch)
-        if self.reconstruction is not None:
-            targets = {"inputs": inputs, **targets}
         outputs = self.model(self._prepare(inputs), **context)
-        loss, _ = combine_losses(self.model, outputs, targets, self.reconstruction)
+        loss, _ = combine_losses(self.model, outputs, targets)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=_batch_size(inputs), sync_dist=True)
+        tasks = self.model.tasks()
         for name, metrics in store.items():
-            key = self.model.head_specs[name].target or name
-            head = self.model.heads[name]
-            head.update_metrics(metrics, outputs[name], head.select_targets(targets, key))
-        if not self.model.heads and hasattr(self.reconstruction, "update_metrics"):
-            self.reconstruction.update_metrics(outputs["decoder"], targets)
+            tasks[name].update_metrics(metrics, outputs[name], task_targets(self.model, name, tasks[name], targets))
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_metrics)
@@ -151,9 +133,6 @@ class EdhTask(L.LightningModule):
                 if value.numel() == 1:
                     self.log(f"{stage}/{name}/{metric}", value.float(), prog_bar=stage == "val", sync_dist=True)
             metrics.reset()
-        if not self.model.heads and hasattr(self.reconstruction, "compute_metrics"):
-            for metric, value in self.reconstruction.compute_metrics().items():
-                self.log(f"{stage}/decoder/{metric}", value, prog_bar=stage == "val", sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)
@@ -181,12 +160,6 @@ class EdhTask(L.LightningModule):
         warmup = int(round(spec.warmup_epochs * total / max(1, spec.epochs)))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total, spec.schedule))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def _takes_stage(head: nn.Module) -> bool:
-    import inspect
-
-    return "stage" in inspect.signature(head.make_metrics).parameters
 
 
 def _batch_size(inputs: Any) -> int:

@@ -72,3 +72,34 @@ def labelled_grid(images: torch.Tensor, titles: list[str], path: Path, columns: 
         axis.set_title(title, fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def to_pixels(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Normalised images ``(N, C, H, W)`` -> pixels in [0, 1] (clamped), on the CPU."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (images.detach().float().cpu() * std_t + mean_t).clamp(0, 1)
+
+
+def image_rows_png(rows: list[tuple[str, torch.Tensor]], mean: tuple[float, ...], std: tuple[float, ...], path: Path,
+                   columns: int = 8) -> Path:
+    """Labelled rows of normalised images ``(N, C, H, W)`` as one PNG grid; return ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = []  # (label, chunk of at most `columns` images)
+    for label, images in rows:
+        pixels = to_pixels(images, mean, std)
+        for start in range(0, len(pixels), columns):
+            lines.append((label if start == 0 else "", pixels[start:start + columns]))
+    fig, axes = plt.subplots(len(lines), columns, figsize=(1.1 * columns + 1.0, 1.1 * len(lines)), squeeze=False)
+    for (label, pixels), axis_row in zip(lines, axes):
+        for index, axis in enumerate(axis_row):
+            axis.axis("off")
+            if index < len(pixels):
+                image = pixels[index].permute(1, 2, 0).numpy()
+                axis.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+        axis_row[0].set_title(label, fontsize=8, loc="left")
+    return save_figure(fig, Path(path))

@@ -53,14 +53,15 @@ class DemoResult:
 
 
 def example_pictures(run, out_dir: Path, count: int = 8) -> list[Path]:
-    """Pictures of the model's predictions on the first ``count`` test samples (each head draws its own)."""
+    """Pictures of the model's predictions on the first ``count`` test samples (each task draws its own)."""
     import torch
     from torch.utils.data import default_collate
 
     from edh.data.base import build_data
     from edh.train.batch import unpack_batch
+    from edh.workflows.inputs import reader_for
 
-    if run.info.input_kind != "image":
+    if not reader_for(run).pictures:
         return []
     bundle = build_data(run.spec.data.name, run.spec.data.options(), run.spec.data.seed)
     items = [bundle.test[i] for i in range(min(count, len(bundle.test)))]
@@ -69,14 +70,9 @@ def example_pictures(run, out_dir: Path, count: int = 8) -> list[Path]:
         outputs = run.model.eval()(inputs, **context)
     written: list[Path] = []
     paths = [out_dir / f"example_{i}.png" for i in range(len(items))]
-    for name, head in run.model.heads.items():
-        prediction = head.predict(outputs[name], input_size=tuple(inputs.shape[-2:]))
+    for name, head in run.model.tasks().items():
+        prediction = head.predict(outputs[name], input_size=tuple(inputs.shape[-2:]), inputs=inputs)
         written += head.write_predictions(prediction, inputs, paths, out_dir / "examples" / name)
-    if not run.model.heads:  # an autoencoder: its decoder's first output is the reconstruction
-        from edh.workflows.predict import reconstruction_grid
-
-        pairs = [(inputs, outputs["decoder"][0][..., :inputs.shape[-2], :inputs.shape[-1]])]
-        written.append(reconstruction_grid(run, pairs, out_dir / "examples" / "reconstructions.png"))
     return written[:4]
 
 

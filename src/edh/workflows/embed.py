@@ -14,7 +14,7 @@ from edh.workflows.run import Run
 
 def embed_images(run: Run, paths: list[str | Path], role: str = "encoder", batch_size: int = 32) -> np.ndarray:
     """``(N, C)`` float32 pooled features of ``role`` (``encoder``, ``encoder.N`` or ``decoder``)."""
-    from edh.workflows.predict import load_inputs
+    from edh.workflows.inputs import reader_for
 
     model = run.model.eval()
     name, _, level = role.partition(".")
@@ -26,7 +26,7 @@ def embed_images(run: Run, paths: list[str | Path], role: str = "encoder", batch
         model.source_spec(role, "--role")  # checks the level exists
     rows = []
     for start in range(0, len(paths), batch_size):
-        inputs = load_inputs(run, list(paths[start:start + batch_size]))
+        inputs = reader_for(run).read(run, list(paths[start:start + batch_size]))
         with torch.inference_mode():
             features = model.encoder(inputs)
             if name == "decoder":

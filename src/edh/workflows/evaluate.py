@@ -21,10 +21,14 @@ class Evaluation:
 
 def evaluate_run(run: Run, split: str = "test", out_dir: str | Path | None = None, batch_size: int | None = None,
                  progress: bool = True) -> Evaluation:
-    """Run the model over ``split`` and compute every head's test metrics (plots go to ``out_dir``)."""
+    """Run the model over ``split`` and compute every task's test metrics (plots go to ``out_dir``).
+
+    A model that generates (a step decoder with a generating head) is scored on generated text
+    (`edh.workflows.translate.evaluate_translation`); any other on its tasks' metrics (`Model.tasks`).
+    """
     from edh.ops.generation import is_seq2seq
 
-    if is_seq2seq(run.model):  # translation: BLEU / chrF / exact match need generated text, not logits
+    if is_seq2seq(run.model):  # BLEU / chrF / exact match need generated text, not logits
         from edh.workflows.translate import evaluate_translation
 
         return evaluate_translation(run, split, batch_size, progress, out_dir=out_dir)
@@ -32,41 +36,31 @@ def evaluate_run(run: Run, split: str = "test", out_dir: str | Path | None = Non
 
     from edh.data.base import build_data
     from edh.train.batch import unpack_batch
+    from edh.train.task import task_targets
 
     spec = run.spec
     bundle = build_data(spec.data.name, spec.data.options(), spec.data.seed)
     dataset = {"test": bundle.test, "val": bundle.val, "train": bundle.train}[split]
     loader = DataLoader(dataset, batch_size=batch_size or spec.data.batch_size, collate_fn=bundle.collate_fn)
     model = run.model.eval()
-    metrics = {name: head.make_metrics("test") for name, head in model.heads.items()}
-    reconstruction = None
-    if not model.heads:
-        from edh.train.reconstruction import make_reconstruction_loss
-
-        reconstruction = make_reconstruction_loss(spec, run.info)
+    tasks = model.tasks()
+    metrics = {name: head.make_metrics("test") for name, head in tasks.items()}
     count = 0
     with torch.inference_mode():
         for batch in _progress(loader, f"evaluating {split}", progress):
             inputs, targets, context = unpack_batch(batch)
-            if reconstruction is not None:  # a model without heads reconstructs its inputs
-                targets = {"inputs": inputs, **targets}
             outputs = model(inputs, **context)
             count += len(inputs) if hasattr(inputs, "__len__") else 1
-            for name, head in model.heads.items():
+            for name, head in tasks.items():
                 if metrics[name] is not None:
-                    key = model.head_specs[name].target or name
-                    head.update_metrics(metrics[name], outputs[name], head.select_targets(targets, key))
-            if reconstruction is not None:
-                reconstruction.update_metrics(outputs["decoder"], targets)
+                    head.update_metrics(metrics[name], outputs[name], task_targets(model, name, head, targets))
     result = Evaluation(split, count)
-    for name, head in model.heads.items():
+    for name, head in tasks.items():
         if metrics[name] is None:
             continue
         scalars, lines = head.summarize(metrics[name].compute(), Path(out_dir) if out_dir else None)
         result.metrics[name] = scalars
         result.reports[name] = lines
-    if reconstruction is not None:
-        result.metrics["decoder"] = {k: float(v) for k, v in reconstruction.compute_metrics().items()}
     return result
 
 

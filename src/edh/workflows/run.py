@@ -97,6 +97,6 @@ def load_run(path: str | Path) -> Run:
 
     path = check_run_folder(path)
     spec, info = read_run_spec(path)
-    model = Model(spec.model, pretrained=False)
+    model = Model(spec.model, pretrained=False).bind_data(info)
     load_weights(model, path / WEIGHTS_FILE)
     return Run(path, model.eval(), spec, info)

@@ -1,0 +1,83 @@
+"""Reading a user's inputs for a trained run, per input kind: image files, or lines of text.
+
+`INPUT_READERS` maps an encoder's ``input_kind`` to its reader; a new input kind (audio...) is one
+more entry here, never a branch in predict or embed. Each reader turns the user's items (file paths
+or sentences) into the batch the run's model takes, preprocessed exactly as the run's data was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class InputReader:
+    """How ``edh predict`` / ``edh embed`` read one input kind.
+
+    Attributes:
+        read: ``(run, items) -> batch``: the model input for ``items``.
+        pictures: predictions can be drawn over the inputs (heads' ``write_predictions``).
+        one_at_a_time: ``(run) -> bool``: items cannot share a batch (images of their own sizes).
+        speed_options: ``--fast`` / ``--bf16`` / ``--compile`` (`edh.utils.perf.InferenceModel`:
+            channels_last, folded BatchNorm) apply to models of this input.
+    """
+
+    read: Callable[[Any, list[Any]], torch.Tensor]
+    pictures: bool
+    one_at_a_time: Callable[[Any], bool]
+    speed_options: bool = False
+
+
+def read_images(run: Any, paths: list[str | Path]) -> torch.Tensor:
+    """Read, resize and normalise image files as the run's data was: ``(N, C, H, W)``."""
+    from edh.data.files import read_image
+    from edh.data.transforms import eval_transform
+
+    info = run.info
+    transform = eval_transform(info.image_size, info.mean, info.std)
+    images = [transform(read_image(p, info.in_channels)) for p in paths]
+    sizes = {tuple(i.shape[-2:]) for i in images}
+    if len(sizes) > 1:
+        raise ValueError(f"images have different sizes {sorted(sizes)} and the run has no fixed image_size; "
+                         "predict them one at a time")
+    return torch.stack(images)
+
+
+def run_tokenizer(run: Any):
+    """The tokenizer a text run was trained with (``tokenizer.json`` in its folder)."""
+    from edh.data.tokenizer import TextTokenizer
+
+    name = run.info.extra.get("tokenizer_file")
+    if not name:
+        raise ValueError(f"{run.path}/data.json names no tokenizer_file; this run was not trained on text data")
+    return TextTokenizer.from_file(Path(run.path) / name)
+
+
+def read_texts(run: Any, texts: list[str]) -> torch.Tensor:
+    """Sentences -> right-padded token ids ``(N, S)`` as the training data had them (truncated to the
+    run's ``max_tokens``, ``<eos>`` last)."""
+    from edh.data.text import pad_batch
+
+    tokenizer = run_tokenizer(run)
+    keep = int(run.info.extra.get("max_tokens", 256)) - 2
+    rows = [torch.tensor(ids[:keep] + [tokenizer.eos_id]) for ids in tokenizer.encode_batch(list(texts))]
+    return pad_batch(rows, tokenizer.pad_id)
+
+
+INPUT_READERS: dict[str, InputReader] = {
+    "image": InputReader(read_images, pictures=True, one_at_a_time=lambda run: run.info.image_size is None,
+                         speed_options=True),
+    "tokens": InputReader(read_texts, pictures=False, one_at_a_time=lambda run: False),
+}
+
+
+def reader_for(run: Any) -> InputReader:
+    """The reader of ``run``'s input kind; an error naming the kinds there are when none fits."""
+    kind = run.info.input_kind
+    if kind not in INPUT_READERS:
+        raise ValueError(f"{run.path}: no reader for {kind!r} inputs; edh reads {', '.join(INPUT_READERS)}")
+    return INPUT_READERS[kind]
