@@ -30,7 +30,6 @@ import torch
 from common import (Contender, apply_threads, base_parser, environment, measure, noisy_warning, print_table,
                     seed_everything, summarize, write_json)
 
-from edh.export.detection import is_detection
 from edh.export.flatten import flatten
 from edh.export.runs import export_run, onnx_run
 from edh.ops.generation import generate
@@ -112,7 +111,7 @@ def _max_diff(a: Any, b: Any) -> float:
 
 
 def _detections(model: torch.nn.Module, outputs: dict[str, Any]) -> dict[str, Any]:
-    return {name: head.predict(outputs[name]) if is_detection(head) else outputs[name]
+    return {name: head.predict(outputs[name]) if head.export_postprocess is not None else outputs[name]
             for name, head in model.heads.items()}
 
 

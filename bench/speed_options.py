@@ -15,7 +15,7 @@ Image families (classifier, unet, autoencoder, yolo, faster_rcnn), all contender
   torch.compile with inductor's freezing pass, as ``edh predict / eval --compile``; ``compile_s`` is
   the compile + first call time; a compile that fails or falls back to eager is a row with its error);
 - train step (train mode: forward with targets, the heads' losses as training weighs them
-  (`edh.train.task.combine_losses`; the reconstruction loss for a model without heads), backward,
+  (`edh.train.task.combine_losses` over `Model.tasks`: a model without heads is scored by its decoder's objective), backward,
   AdamW step): ``train fp32``, ``train channels_last``, ``train bf16 autocast`` (forward + loss under autocast).
 
 Translator: greedy generation of 16 new tokens at batch 8 (`edh.ops.generation.generate`, eos forbidden
@@ -68,13 +68,7 @@ def train_step(run: Any, batch: tuple[Any, dict, dict], channels_last: bool = Fa
 
     def make() -> tuple[Callable[[], Any], dict[str, Any]]:
         inputs, targets, context = batch
-        reconstruction = None
-        if not run.model.heads:  # an autoencoder reconstructs its inputs
-            from edh.train.reconstruction import make_reconstruction_loss
-
-            reconstruction = make_reconstruction_loss(run.spec, run.info)
-            targets = {"inputs": inputs, **targets}
-        model = copy.deepcopy(run.model).train()
+        model = copy.deepcopy(run.model).train().bind_data(run.info)
         if channels_last:
             model, inputs = model.to(memory_format=torch.channels_last), to_channels_last(inputs)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -82,7 +76,7 @@ def train_step(run: Any, batch: tuple[Any, dict, dict], channels_last: bool = Fa
         def step() -> float:
             with autocast("cpu", enabled=bf16):
                 outputs = model(inputs, targets=targets, **context)
-                loss, _ = combine_losses(model, outputs, targets, reconstruction)
+                loss, _ = combine_losses(model, outputs, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

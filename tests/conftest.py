@@ -30,6 +30,26 @@ def cli():
     logger.propagate, logger.level = saved[1], saved[2]
 
 
+@pytest.fixture
+def registry_snapshot():
+    """The component registries, restored after the test: a test that registers a component (a test-only
+    head, a poisoned dataset) does it inside this fixture, so no later test sees it (the role tester runs
+    every registered component and needs a case for each).
+
+    Every role's package is imported first: its registrations happen once per process and must survive."""
+    from edh.core import registry
+
+    for role in registry.ROLES:
+        registry.names(role)
+    tables = [registry._REGISTRY] + ([registry._OWNERS] if hasattr(registry, "_OWNERS") else [])
+    saved = [{role: dict(table) for role, table in tables_of.items()} for tables_of in tables]
+    yield registry
+    for tables_of, copy in zip(tables, saved):
+        for role, table in tables_of.items():
+            table.clear()
+            table.update(copy[role])
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

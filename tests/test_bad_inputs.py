@@ -36,18 +36,13 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
 
 
 # ---- NaN / Inf ---------------------------------------------------------------------------------------
-def _register_poisoned_digits() -> None:
-    """``test-poisoned-digits``: the digits bundle with every 50th training image set to ``value``."""
-    from edh.core import registry
+@pytest.fixture
+def poisoned_digits(registry_snapshot):
+    """``test-poisoned-digits``, registered for one test: the digits bundle with every 50th training image
+    set to ``value``."""
     from edh.data.images import digits
 
-    try:
-        registry.lookup("dataset", "test-poisoned-digits")
-        return
-    except Exception:  # noqa: BLE001 - not registered yet
-        pass
-
-    @registry.register_dataset("test-poisoned-digits")
+    @registry_snapshot.register_dataset("test-poisoned-digits")
     def poisoned(value: float = float("nan"), image_size: int | None = None, augment: str = "none", seed: int = 0):
         bundle = digits(image_size=image_size, augment=augment, seed=seed)
         bundle.train.images = bundle.train.images.clone()
@@ -56,11 +51,10 @@ def _register_poisoned_digits() -> None:
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_nan_or_inf_inputs_stop_training_with_a_clear_error(tmp_path, value):
+def test_nan_or_inf_inputs_stop_training_with_a_clear_error(tmp_path, value, poisoned_digits):
     from edh.core.spec import parse_run_spec
     from edh.train.runner import train_run
 
-    _register_poisoned_digits()
     spec = tiny_run_spec(epochs=1)
     spec["data"] = {"name": "test-poisoned-digits", "value": value, "batch_size": 64}
     with pytest.raises(FloatingPointError, match=r"training loss became nan at epoch 0, step \d+ .*NaN/Inf"):

@@ -104,9 +104,10 @@ def test_fpn_levels_are_checked():
 
 def test_fpn_extra_p6p7():
     model = build({"encoder": {"name": "test_resnet"}, "decoder": {"name": "fpn", "out_channels": 16, "levels": [2, 3, 4],
-                                                                   "extra": "p6p7"}, "heads": {}})
+                                                                   "extra": "p6p7"},
+                   "heads": {"det": HEADS["rpn"] | {"source": "decoder"}}})  # an fpn alone is no model: a head reads it
     assert model.decoder.out_spec.strides == (8, 16, 32, 64, 128)
-    assert len(model(torch.zeros(1, 3, 64, 64))["decoder"]) == 5
+    assert len(model.decoder(model.encoder(torch.zeros(1, 3, 64, 64)))) == 5
 
 
 def test_rpn_needs_equal_channels():
@@ -233,6 +234,37 @@ def test_shipped_configs_build_and_run(config):
     with torch.no_grad():
         found = head.predict(model(torch.randn(1, model.encoder.in_channels, 64, 64))[next(iter(model.heads))])
     assert len(found) == 1 and found[0]["boxes"].shape[-1] == 4
+
+
+def test_yolo_batched_postprocess_is_per_image_filtering():
+    """`YoloHead.predict` (one batched, traceable `postprocess` for eager and ONNX) gives what filtering
+    each image on its own gives: its best candidates above the threshold, class-wise NMS, best first."""
+    from edh.ops.boxes import filter_detections
+
+    model = tiny_detector("yolo", score_thresh=0.1, topk_candidates=40, max_detections=6).eval()
+    det = model.heads["det"]
+    with torch.no_grad():
+        for conv in (det.cls_logits, det.bbox_reg, det.bbox_ctrness):  # spread the scores
+            torch.nn.init.normal_(conv.weight, std=0.3)
+            torch.nn.init.normal_(conv.bias, std=1.0)
+        outputs = model(torch.randn(3, 3, SIZE, SIZE))["det"]
+        found = det.predict(outputs)
+        flat = det.postprocess(outputs)
+    assert set(flat) == {"boxes", "scores", "labels", "batch_index"}
+    assert det.from_postprocessed(flat, batch_size=4)[3]["boxes"].shape == (0, 4)  # an image without detections
+    scores = torch.sqrt(outputs["cls_logits"].sigmoid() * outputs["centerness"].sigmoid()[..., None])
+    grid = outputs["grid"]
+    for image, result in enumerate(found):
+        flat_scores = scores[image].flatten()
+        candidates = torch.where(flat_scores > det.score_thresh)[0]
+        candidates = candidates[flat_scores[candidates].topk(min(len(candidates), 40)).indices]
+        location, label = candidates // 3, candidates % 3 + 1
+        boxes = det.decode(outputs["box_regression"][image][location], grid.points[location], grid.strides[location])
+        expected = filter_detections(boxes, flat_scores[candidates], label, outputs["image_size"], det.score_thresh,
+                                     det.nms_thresh, det.max_detections)
+        assert len(result["boxes"]) == len(expected["boxes"]) > 0
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(result[key], expected[key])
 
 
 def test_pictures_and_coco_records(tmp_path):

@@ -45,6 +45,13 @@ SPECS = {
                                                              "target": "boxes", "representation_size": 32,
                                                              "num_classes": 10}}},
                     "data": SCENES},
+    # nms_thresh: boxes clipped to the border can overlap at exactly IoU 0.6, where onnxruntime's
+    # NonMaxSuppression (float threshold) and torchvision's nms (double) decide differently
+    "yolo+rpn": {"model": {**PYRAMID, "heads": {
+        "boxes": {"type": "yolo", "source": "decoder", "target": "boxes", "num_convs": 1, "norm": "batch",
+                  "score_thresh": 0.3, "num_classes": 10, "nms_thresh": 0.583},
+        "proposals": {"type": "rpn", "source": "decoder", "target": "boxes", "anchor_sizes": [[16], [32], [64]]}}},
+        "data": SCENES},
     "translator": {"model": {"encoder": {"name": "transformer", "preset": "tiny", "d_model": 32, "num_layers": 2,
                                          "num_heads": 4, "ffn_dim": 64},
                              "decoder": {"name": "transformer", "preset": "tiny", "d_model": 32, "num_layers": 2,
@@ -175,7 +182,7 @@ def test_classifier_export_folds_batchnorm_prunes_heads_and_batches(runs):
         torch.testing.assert_close(graph(images)["label"], expected, atol=1e-5, rtol=1e-4)
     with pytest.raises(Exception, match="no head named nope"):
         export_run(run, heads=["nope"])
-    with pytest.raises(ExportError, match="needs a detection head"):
+    with pytest.raises(ExportError, match="none of this model.s heads .label, again. has any to export"):
         export_run(run, nms=True)
 
 
@@ -218,13 +225,38 @@ def test_faster_rcnn_exports_with_its_postprocessing(runs):
     assert {"NonMaxSuppression", "RoiAlign"} <= _ops(report.files[0])
 
 
+def test_batched_and_single_postprocessing_share_a_batch_1_graph(runs):
+    run = runs("yolo+rpn")  # rpn: raw outputs do not batch, so both heads' post-processing goes in the graph
+    report = export_run(run)
+    assert any("proposals: exported with post-processing" in note for note in report.notes)
+    assert any("batch 1" in note for note in report.notes) and report.max_abs_diff < 1e-2
+    names = [c.name for c in report.checks["model.onnx"]]
+    assert names == ["boxes.boxes", "boxes.scores", "boxes.labels", "proposals.boxes", "proposals.scores",
+                     "proposals.labels"]
+    images = torch.randn(3, 3, 64, 64)
+    backed = onnx_run(run).model
+    with torch.no_grad():
+        eager, exported = run.model(images), backed(images)
+    for name, head in run.model.heads.items():
+        reference, found = head.predict(eager[name]), backed.heads[name].predict(exported[name])
+        assert [len(d["boxes"]) for d in found] == [len(d["boxes"]) for d in reference]
+        paired, other = head.align_predictions(reference, found)
+        torch.testing.assert_close(other["boxes"], paired["boxes"], atol=1e-3, rtol=0)
+
+
 def test_translator_exports_encoder_and_step_and_generates_the_same(runs, cli, capsys):
+    from edh.export.onnx import read_metadata
     from edh.workflows.translate import Translator
 
     run = runs("translator")
     report = export_run(run)
     assert [p.name for p in report.files] == ["model.onnx", "model.decoder_step.onnx"]
     assert report.max_abs_diff < 1e-4
+    metadata = read_metadata(report.files[0])  # the tensors are the decoder's (StepDecoder.export_*)
+    assert (metadata["memory"], metadata["state"]) == (["memory_kv", "memory_mask"], ["self_kv"])
+    assert metadata["rows_axes"] == run.model.decoder.export_rows_axes()
+    assert metadata["step_file"] == report.files[1].name
+    assert read_metadata(report.files[1])["outputs"] == ["logits", "next.self_kv"]
     assert any(n.startswith("beam search (beam 3)") and "tokens equal" in n for n in report.notes)
     texts = ["one hundred and twelve", "seven", "two hundred"]
     eager = Translator(run).translate(texts, beam_size=3)

@@ -15,7 +15,6 @@ from edh.core.errors import SpecError
 from conftest import TINY_CLASSIFIER
 
 
-@register_head("test_sequence_only")
 class SequenceOnlyHead(Head):
     """A head that only reads sequences (to test contract checks)."""
 
@@ -24,6 +23,12 @@ class SequenceOnlyHead(Head):
     def __init__(self, in_spec: FeatureSpec, width: int = 4) -> None:
         super().__init__(in_spec)
         self.proj = nn.Linear(in_spec.width, width)
+
+
+@pytest.fixture
+def sequence_only_head(registry_snapshot):
+    """``test_sequence_only`` registered for one test (the registry is restored afterwards)."""
+    register_head("test_sequence_only")(SequenceOnlyHead)
 
 
 def test_forward_returns_one_output_per_head():
@@ -35,7 +40,7 @@ def test_forward_returns_one_output_per_head():
     assert model.heads["coarse"].fc.in_features == model.encoder.out_spec.channels[2]
 
 
-def test_mismatch_is_found_at_build_time_and_names_both_roles():
+def test_mismatch_is_found_at_build_time_and_names_both_roles(sequence_only_head):
     with pytest.raises(RoleMismatchError) as error:
         edh.build(encoder="test_resnet", heads={"seq": {"type": "test_sequence_only"}})
     message = str(error.value)

@@ -4,18 +4,22 @@ beam search), tokenizer and parallel-text data. Tiny models, fixed seeds."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 import edh
 from edh.data.base import DataFilesMissingError, build_data
 from edh.data.text import collate_translation, read_ding_pairs, read_tsv
 from edh.data.tokenizer import TextTokenizer
-from edh.ops.generation import (beam_search, generate, generation_head, greedy_search, greedy_uncached,
-                                is_seq2seq)
+from edh.ops.generation import beam_search, generate, generates, generation_head, greedy_search, greedy_uncached
+from edh.core.features import FeatureSpec, Sequence
 from edh.core.spec import RunSpec
 from edh.core.errors import SpecError
+from edh.decoders.base import StepCache, StepDecoder
 
 V = 40
 
@@ -237,15 +241,120 @@ def test_min_and_max_new_tokens():
 
 
 def test_generate_needs_a_step_decoder_and_fitting_lengths():
-    assert is_seq2seq(tiny_translator())
+    assert generates(tiny_translator())
     classifier = edh.build(encoder={"name": "transformer", "vocab_size": V, "preset": "tiny"},
                            heads={"label": {"type": "classification", "num_classes": 3}})
-    assert not is_seq2seq(classifier)
+    assert not generates(classifier)
     with pytest.raises(ValueError, match="step by step"):
         generate(classifier, sources())
     model = tiny_translator(max_len=8)
     with pytest.raises(ValueError, match="max_len"):
         generate(model, sources(), max_new_tokens=20)
+
+
+# ---- the StepDecoder contract: a second generating decoder -------------------------------------------
+@dataclass
+class GRUCache(StepCache):
+    context: torch.Tensor
+    hidden: torch.Tensor
+    capacity: int
+    length: int = 0
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.hidden = self.hidden[rows]  # the context is the same for every beam of a source
+
+
+class GRUDecoder(StepDecoder):
+    """A toy `StepDecoder`: a GRU started from (and fed) the mean of the memory. Generation, export and
+    the onnxruntime runner read only the contract, so it needs no edit in edh.ops or edh.export."""
+
+    export_axes = {"context": {0: "rows"}, "hidden": {0: "rows"}}
+
+    def __init__(self, in_spec: FeatureSpec, vocab_size: int, width: int = 32, max_len: int = 64) -> None:
+        super().__init__(in_spec)
+        self.embedding = nn.Embedding(vocab_size, width)
+        self.start = nn.Linear(in_spec.width, width)
+        self.cell = nn.GRUCell(width + in_spec.width, width)
+        self.hidden_size, self.max_length = width, max_len
+        self.out_spec = FeatureSpec("sequence", (width,))
+
+    def _context(self, features: Sequence) -> torch.Tensor:
+        memory, padding = features
+        keep = (~padding).float()[..., None] if padding is not None else torch.ones_like(memory[..., :1])
+        return (memory * keep).sum(1) / keep.sum(1).clamp(min=1)
+
+    def forward(self, features: Sequence, decoder_input: torch.Tensor | None = None, **context) -> Sequence:
+        memory = self.export_memory(features)
+        state = self.export_initial_state(memory)
+        out = []
+        for t in range(decoder_input.shape[1]):
+            hidden, state = self.export_step(decoder_input[:, t], memory, state)
+            out.append(hidden)
+        return Sequence(torch.stack(out, 1), decoder_input == self.pad_id)
+
+    def init_cache(self, memory: Sequence, max_new_tokens: int, beam_size: int = 1) -> GRUCache:
+        self.check_length(max_new_tokens)
+        context = self._context(memory).repeat_interleave(beam_size, 0)
+        return GRUCache(context, torch.tanh(self.start(context)), max_new_tokens)
+
+    def step(self, tokens: torch.Tensor, cache: GRUCache) -> torch.Tensor:
+        cache.hidden = self.cell(torch.cat([self.embedding(tokens), cache.context], -1), cache.hidden)
+        cache.length += 1
+        return cache.hidden
+
+    def export_memory(self, memory: Sequence) -> dict[str, torch.Tensor]:
+        return {"context": self._context(memory)}
+
+    def export_initial_state(self, memory: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"hidden": torch.tanh(self.start(memory["context"]))}
+
+    def export_step(self, tokens, memory, state):
+        hidden = self.cell(torch.cat([self.embedding(tokens), memory["context"]], -1), state["hidden"])
+        return hidden, {"hidden": hidden}
+
+
+def gru_translator() -> edh.Model:
+    model = edh.build(encoder={"name": "transformer", "vocab_size": V, "preset": "tiny"},
+                      decoder={"name": "transformer", "vocab_size": V, "preset": "tiny"},
+                      heads={"tokens": {"type": "lm", "source": "decoder", "vocab_size": V, "tie_embeddings": False,
+                                        "beam_size": 3}})
+    torch.manual_seed(0)
+    model.decoder = GRUDecoder(model.encoder.out_spec, V)
+    return model.eval()
+
+
+def test_a_second_step_decoder_generates_through_the_contract():
+    model = gru_translator()
+    src = sources()
+    _, head = generation_head(model)
+    assert generates(model) and head.generation_defaults()["beam_size"] == 3
+    with torch.inference_mode():
+        memory = model.encoder(src)
+        model.decoder.eos_id = int(greedy_uncached(model.decoder, head.logits, memory, 12).tokens[0, 2])
+        reference = greedy_uncached(model.decoder, head.logits, memory, 12)
+        assert torch.equal(greedy_search(model.decoder, head.logits, memory, 12).tokens, reference.tokens)
+        result = generate(model, src, max_new_tokens=8)  # beam 3: the head's default
+        for row in range(src.shape[0]):
+            expected, score = reference_beam(model, src[row][src[row] != 0], 3, 8, 1.0)
+            assert result.tokens[row, :int(result.lengths[row])].tolist() == expected
+            assert abs(float(result.scores[row]) - score) < 1e-4
+    with pytest.raises(ValueError, match="max_len"):
+        generate(model, src, max_new_tokens=65)
+
+
+def test_a_second_step_decoder_exports_and_generates_the_same(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from edh.export.generation import OnnxSeq2Seq, export_seq2seq
+
+    model = gru_translator()
+    report = export_seq2seq(SimpleNamespace(model=model), tmp_path / "model.onnx", None, 17, 1e-4)
+    assert [p.name for p in report.files] == ["model.onnx", "model.decoder_step.onnx"]
+    assert any(n.startswith("beam search (beam 3)") and "tokens equal" in n for n in report.notes)
+    names = [c.name for c in report.checks["model.decoder_step.onnx"]]
+    assert names[:2] == ["logits (past 0)", "next.hidden (past 0)"]
+    runtime = OnnxSeq2Seq.load(tmp_path / "model.onnx", model)
+    src = sources()
+    assert torch.equal(generate(runtime, src, max_new_tokens=10).tokens, generate(model, src, max_new_tokens=10).tokens)
 
 
 # ---- tokenizer -----------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from edh.ops.generation import is_seq2seq
+    from edh.ops.generation import generates
     from edh.workflows.predict import predict_inputs
     from edh.workflows.run import load_run
 
@@ -37,7 +37,7 @@ def run(args) -> int:
         if getattr(args, "sample", None) is not None:
             raise ValueError("--sample decodes with the eager decoder; drop --backend onnxruntime to sample")
         loaded = onnx_run(loaded, args.onnx)
-    if is_seq2seq(loaded.model):  # a generating model: text out, step by step
+    if generates(loaded.model):  # a generating model: text out, step by step
         from edh.workflows.translate import translate_lines
 
         translate_lines(loaded, args.images, args.input, args.out, beam_size=args.beam)

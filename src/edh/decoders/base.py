@@ -54,7 +54,8 @@ class Decoder(nn.Module):
 class StepCache:
     """What a `StepDecoder` keeps between generation steps (a typed cache per decoder).
 
-    Generation reads ``length`` and ``capacity`` and calls ``select`` after each beam-search step.
+    Generation reads ``length`` and ``capacity`` and calls ``select`` after each beam-search step;
+    everything else in a cache is the decoder's own business.
 
     Attributes:
         length: positions decoded so far.
@@ -69,24 +70,37 @@ class StepCache:
         raise NotImplementedError
 
 
+ROWS = "rows"  # the name of the axis that beam search repeats (once per beam) and reorders
+
+
 class StepDecoder(Decoder):
     """A decoder that also decodes one position per row at a time, from a typed cache.
 
-    Eager generation: ``init_cache(memory, max_new_tokens, beam_size)`` then ``step(tokens, cache)``
-    per position, ``cache.select(rows)`` for beam search. ONNX export and its runner use the same
-    step through tensors only:
+    Eager generation (`edh.ops.generation`): ``init_cache(memory, max_new_tokens, beam_size)``,
+    then ``step(tokens, cache)`` per position and ``cache.select(rows)`` for beam search. Keep
+    these fast: they are the hot loop.
 
-    - ``export_memory(memory)``: what is computed once per source, as named tensors (the encoder
-      graph's outputs besides the encoder's own);
-    - ``export_initial_state(memory_tensors, rows)``: the state before the first step;
-    - ``export_step(tokens, memory_tensors, state) -> (hidden, state)``: one traceable step;
-    - ``export_axes``: per tensor name, ``{axis: name}`` of its dynamic axes; the axis named
-      ``rows`` is the one beam search repeats and reorders.
+    ONNX export and its onnxruntime runner (`edh.export.generation`) use the same step through
+    named tensors only (the ``export_*`` methods are traced, never called while generating eagerly):
+
+    - ``export_memory(memory)``: what is computed once per source from the encoder's output, as
+      named tensors (outputs of the encoder graph, inputs of every step);
+    - ``export_initial_state(memory_tensors)``: the state before the first step, one row per memory
+      row (traced into the encoder graph too, so it may use weights);
+    - ``export_step(tokens, memory_tensors, state) -> (hidden, state)``: one traceable step; the
+      new state has the same names as the old;
+    - ``export_axes``: per memory and state tensor name, ``{axis: name}`` of its dynamic axes; each
+      has exactly one axis named ``rows`` (`ROWS`), the one beam search repeats and reorders. Other
+      axis names are the decoder's (``source``: the source length, shared with the encoder graph).
+
+    Names of memory and state tensors must differ from each other and from ``source``, ``tokens``,
+    ``features``, ``padding_mask`` and ``logits`` (the graphs' own inputs and outputs).
 
     Attributes:
         bos_id, eos_id, pad_id: special token ids (start of a target, end of a target, padding).
         max_length: the longest target the decoder can produce (its positions).
         hidden_size: width of ``step``'s output, the generating head's input.
+        export_axes: the dynamic axes of the export tensors (see above).
     """
 
     accepts: tuple[str, ...] = ("sequence",)
@@ -98,8 +112,10 @@ class StepDecoder(Decoder):
     hidden_size: int = 0
     export_axes: dict[str, dict[int, str]] = {}
 
+    # ---- eager generation ---------------------------------------------------------------------------
     def init_cache(self, memory: Any, max_new_tokens: int, beam_size: int = 1) -> StepCache:  # pragma: no cover
-        """A cache for ``max_new_tokens`` positions of every row (``beam_size`` rows per source)."""
+        """A cache for ``max_new_tokens`` positions of every row (``beam_size`` rows per source, the
+        beams of one source next to each other). Calls `check_length`."""
         raise NotImplementedError
 
     def step(self, tokens: torch.Tensor, cache: StepCache) -> torch.Tensor:  # pragma: no cover - abstract
@@ -112,12 +128,27 @@ class StepDecoder(Decoder):
             raise ValueError(f"cannot generate {max_new_tokens} tokens: the decoder's positions stop at "
                              f"{self.max_length} (max_len); ask for fewer tokens")
 
+    # ---- export (traced) ----------------------------------------------------------------------------
     def export_memory(self, memory: Any) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        """The encoder's output -> the named tensors every step reads (one row per source)."""
         raise NotImplementedError
 
-    def export_initial_state(self, memory: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
-        raise NotImplementedError  # pragma: no cover - abstract
+    def export_initial_state(self, memory: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover
+        """`export_memory`'s tensors -> the named state before the first step (one row per memory row)."""
+        raise NotImplementedError
 
     def export_step(self, tokens: torch.Tensor, memory: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover - abstract
+        """``tokens (N,)``, memory and state tensors -> ``(N, hidden_size)`` and the next state (same names)."""
         raise NotImplementedError
+
+    def export_rows_axes(self) -> dict[str, int]:
+        """Per export tensor name, the index of its ``rows`` axis (checks there is exactly one)."""
+        out = {}
+        for name, axes in self.export_axes.items():
+            rows = [int(axis) for axis, label in axes.items() if label == ROWS]
+            if len(rows) != 1:
+                raise ValueError(f"decoder {type(self).__name__}: export tensor {name!r} must name exactly one axis "
+                                 f"{ROWS!r} in export_axes, got {axes}")
+            out[name] = rows[0]
+        return out

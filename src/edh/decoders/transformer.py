@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edh.decoders.base import Decoder
+from edh.decoders.base import StepCache, StepDecoder
 from edh.core.features import FeatureSpec, Sequence
 from edh.layers.attention import additive_mask, key_padding_mask
 from edh.layers.positional import make_positions
@@ -20,8 +20,8 @@ from edh.core.errors import SpecError
 
 
 @dataclass
-class DecoderCache:
-    """What one generation keeps between steps.
+class DecoderCache(StepCache):
+    """What one generation keeps between steps (the transformer's `StepCache`).
 
     Attributes:
         self_kv: ``(T_max, N, L, 2, H, Dh)`` self-attention keys / values, preallocated and written
@@ -59,14 +59,39 @@ class DecoderCache:
         return self.self_kv[:, :, index]
 
 
+@dataclass
+class _TracedCache(StepCache):
+    """What `TransformerDecoder.step` reads from a `DecoderCache`, for `export_step`: one tensor per
+    layer ``(t + 1, N, 2, H, Dh)`` (not views of one: the exporter keeps in-place writes to a view
+    local to that view, so the step's writes must land in tensors the graph returns); the traced
+    step writes position ``length`` of each."""
+
+    layers: list[torch.Tensor]
+    memory_kv: torch.Tensor
+    memory_mask: torch.Tensor
+    length: int
+
+    @property
+    def capacity(self) -> int:
+        return self.length + 1
+
+    def layer(self, index: int) -> torch.Tensor:
+        return self.layers[index]
+
+
 @register_decoder("transformer")
-class TransformerDecoder(Decoder):
+class TransformerDecoder(StepDecoder):
     """Transformer decoder (Vaswani et al. 2017) over a target prefix and the encoder's `Sequence`.
 
     ``forward(features, decoder_input=...)`` takes the target prefix (``bos`` + target without its
-    last token) as token ids from the batch's context. For generation, `init_cache` computes the
-    memory's cross-attention keys / values once and preallocates the self-attention cache; `step`
-    then decodes one position per row.
+    last token) as token ids from the batch's context. For generation (a `StepDecoder`), `init_cache`
+    computes the memory's cross-attention keys / values once and preallocates the self-attention
+    cache; `step` then decodes one position per row.
+
+    Export tensors (`StepDecoder`): memory ``memory_kv (L, 2, rows, H, source, Dh)`` (the
+    cross-attention keys / values of every layer) and ``memory_mask (rows, 1, 1, source)`` (additive);
+    state ``self_kv (past, rows, L, 2, H, Dh)``, the self-attention cache of the ``past`` positions
+    decoded so far (time first, as `DecoderCache`), empty before the first step.
 
     With ``share_embeddings`` the decoder reads the encoder's token embedding (one shared vocabulary,
     as in the paper); the special token ids come from the data's tokenizer when a run is trained.
@@ -92,6 +117,8 @@ class TransformerDecoder(Decoder):
 
     accepts = ("sequence",)
     produces = "sequence"
+    export_axes = {"memory_kv": {2: "rows", 4: "source"}, "memory_mask": {0: "rows", 3: "source"},
+                   "self_kv": {0: "past", 1: "rows"}}
 
     def __init__(self, in_spec: FeatureSpec, vocab_size: int, preset: str = "base", d_model: int | None = None,
                  num_layers: int | None = None, num_heads: int | None = None, ffn_dim: int | None = None,
@@ -138,6 +165,16 @@ class TransformerDecoder(Decoder):
         self.__dict__["_shared_embedding"] = shared
 
     @property
+    def max_length(self) -> int:
+        """The longest target the positions cover (``max_len``)."""
+        return self.positions.max_len
+
+    @property
+    def hidden_size(self) -> int:
+        """``d_model``: the width of `step`'s output."""
+        return self.d_model
+
+    @property
     def token_embedding(self) -> nn.Embedding:
         """The target token embedding (the encoder's when shared); a tied LM head reads it too."""
         embedding = self.embedding if self.embedding is not None else self.__dict__["_shared_embedding"]
@@ -176,20 +213,15 @@ class TransformerDecoder(Decoder):
             max_new_tokens: positions to preallocate.
             beam_size: rows per source (each source's memory is repeated ``beam_size`` times).
         """
-        if max_new_tokens > self.positions.max_len:
-            raise ValueError(f"cannot generate {max_new_tokens} tokens: the decoder's positions stop at "
-                             f"{self.positions.max_len} (max_len); ask for fewer tokens")
+        self.check_length(max_new_tokens)
         memory, padding = features
-        B, S, _ = memory.shape
         L, H, Dh = len(self.layers), self.num_heads, self.head_dim
-        weight = torch.cat([layer.cross_attn.kv.weight for layer in self.layers])  # (L*2*D, C)
-        bias = torch.cat([layer.cross_attn.kv.bias for layer in self.layers])
-        memory_kv = F.linear(memory, weight, bias).view(B, S, L, 2, H, Dh).permute(2, 3, 0, 4, 1, 5)
+        memory_kv = self._memory_kv(memory)
         if beam_size > 1:
             memory_kv = memory_kv.repeat_interleave(beam_size, dim=2)  # (L, 2, B*K, H, S, Dh)
             padding = None if padding is None else padding.repeat_interleave(beam_size, dim=0)
         memory_kv = memory_kv.contiguous()
-        rows = B * beam_size
+        rows = memory.shape[0] * beam_size
         self_kv = memory_kv.new_empty(max_new_tokens, rows, L, 2, H, Dh)
         return DecoderCache(self_kv, memory_kv, additive_mask(padding, memory_kv.dtype))
 
@@ -214,3 +246,40 @@ class TransformerDecoder(Decoder):
             x = layer.step(x, cache.layer(index), position, cache.memory_kv[index], cache.memory_mask)
         cache.length = position + 1
         return self.final_norm(x).view(N, -1)
+
+    def _memory_kv(self, memory: torch.Tensor) -> torch.Tensor:
+        """``(B, S, C)`` -> ``(L, 2, B, H, S, Dh)`` cross-attention keys / values of every layer (one matmul)."""
+        B, S, _ = memory.shape
+        L, H, Dh = len(self.layers), self.num_heads, self.head_dim
+        weight = torch.cat([layer.cross_attn.kv.weight for layer in self.layers])  # (L*2*D, C)
+        bias = torch.cat([layer.cross_attn.kv.bias for layer in self.layers])
+        return F.linear(memory, weight, bias).view(B, S, L, 2, H, Dh).permute(2, 3, 0, 4, 1, 5)
+
+    # ---- export (traced; see `StepDecoder`) ------------------------------------------------------
+    def export_memory(self, features: Sequence) -> dict[str, torch.Tensor]:
+        """``memory_kv (L, 2, B, H, S, Dh)`` and the additive ``memory_mask (B, 1, 1, S)`` (zeros where
+        nothing is padded: the graph has no branch on the data)."""
+        memory, padding = features
+        memory_kv = self._memory_kv(memory).contiguous()
+        if padding is None:
+            mask = memory.new_zeros(memory.shape[0], 1, 1, memory.shape[1])
+        else:
+            mask = torch.zeros(padding.shape, dtype=memory_kv.dtype, device=padding.device)
+            mask = mask.masked_fill(padding, torch.finfo(memory_kv.dtype).min)[:, None, None, :]
+        return {"memory_kv": memory_kv, "memory_mask": mask}
+
+    def export_initial_state(self, memory: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """An empty self-attention cache ``self_kv (0, N, L, 2, H, Dh)``, shaped from ``memory_kv``."""
+        return {"self_kv": memory["memory_kv"][:, :, :, :, :0].permute(4, 2, 0, 1, 3, 5)}
+
+    def export_step(self, tokens: torch.Tensor, memory: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`step` over ``self_kv (t, N, L, 2, H, Dh)`` -> ``(N, d_model)`` and ``self_kv (t + 1, ...)``."""
+        past, memory_kv = state["self_kv"], memory["memory_kv"]
+        # (1, N, L, 2, H, Dh): the new position's slot, shaped from memory_kv (past may hold no position)
+        empty = torch.zeros_like(memory_kv[:, :, :, :, :1]).permute(4, 2, 0, 1, 3, 5)
+        grown = torch.cat([past, empty], dim=0)
+        cache = _TracedCache([grown[:, :, index].clone() for index in range(grown.shape[2])], memory_kv,
+                             memory["memory_mask"], past.shape[0])
+        hidden = self.step(tokens, cache)  # writes position t of every layer's cache
+        return hidden, {"self_kv": torch.stack(cache.layers, dim=2)}

@@ -1,18 +1,25 @@
-"""A translator as two ONNX graphs, and generation (greedy / beam search) over them with onnxruntime.
+"""A generating model (encoder + `StepDecoder` + a head that ``generates``) as two ONNX graphs, and
+generation (greedy / beam search) over them with onnxruntime.
 
-- encoder graph: ``source (B, S)`` token ids -> the encoder's ``features (B, S, C)`` and
-  ``padding_mask (B, S)``, the cross-attention keys / values of every decoder layer
-  ``memory_kv (L, 2, B, H, S, Dh)`` and the additive ``memory_mask (B, 1, 1, S)``: what the
-  decoder's ``init_cache`` computes once per source.
-- decoder-step graph: ``tokens (N,)``, ``past_kv (t, N, L, 2, H, Dh)`` (the self-attention cache
-  of the ``t`` positions decoded so far), ``memory_kv``, ``memory_mask`` -> next-token ``logits
-  (N, V)`` and ``present_kv (t + 1, N, L, 2, H, Dh)``. It runs the decoder's own ``step`` and the
-  ``lm`` head's ``logits``, so it is the eager step, traced.
+Both graphs and the runner use only the `StepDecoder` contract (`edh.decoders.base`), so any
+decoder that implements it exports here; the tensor names below are the decoder's own.
 
-`OnnxSeq2Seq` offers what `edh.ops.generation` reads from a model (``encoder``, a ``decoder``
-with ``init_cache`` / ``step`` and a cache with ``select``, a head with ``logits``), so the same
-greedy and beam search loops run over onnxruntime, and `edh.workflows.translate.Translator` uses it as it
-uses the eager model.
+- encoder graph (``model.onnx``): ``source (B, S)`` token ids -> the encoder's ``features (B, S, C)``
+  and ``padding_mask (B, S)``, the decoder's memory tensors (``decoder.export_memory``: what is
+  computed once per source) and its state before the first step (``decoder.export_initial_state``).
+- decoder-step graph (``model.decoder_step.onnx``): ``tokens (N,)``, the memory tensors, the state
+  tensors -> next-token ``logits (N, V)`` and the next state, one output ``next.<name>`` per state
+  tensor. It runs the decoder's ``export_step`` and the head's ``logits``.
+
+Dynamic axes come from ``decoder.export_axes``; the axis named ``rows`` is the one the runner
+repeats for beam search and reorders after each beam-search step (``batch`` in the encoder graph).
+The graphs' metadata names the memory and state tensors and their ``rows`` axes, so the runner
+needs nothing of the eager decoder.
+
+`OnnxSeq2Seq` offers what `edh.ops.generation` reads from a model (``encoder``, a `StepDecoder`
+with ``init_cache`` / ``step`` and a `StepCache` with ``select``, a head that ``generates``), so the
+same greedy and beam search loops run over onnxruntime, and `edh.workflows.translate.Translator`
+uses it as it uses the eager model.
 """
 
 from __future__ import annotations
@@ -20,22 +27,25 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from edh.export.onnx import ExportCheckError, ExportError, OnnxGraph, OutputCheck, check_graph, export_graph
+from edh.decoders.base import ROWS, StepCache, StepDecoder
+from edh.export.onnx import (ExportCheckError, ExportError, ExportReport, OnnxGraph, OutputCheck, check_graph,
+                             export_graph)
 from edh.ops.generation import generate, generation_head
 from edh.version import __version__
 
 STEP_SUFFIX = ".decoder_step.onnx"
+NEXT = "next"  # the step graph's state outputs are named ``next.<state name>``
+RESERVED = {"source", "tokens", "features", "padding_mask", "logits", NEXT}
 
 
 class EncoderGraph(nn.Module):
-    """``source (B, S)`` -> encoder features and the decoder's cross-attention cache (see module doc)."""
+    """``source (B, S)`` -> encoder features, the decoder's memory and initial state (see module doc)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -43,52 +53,27 @@ class EncoderGraph(nn.Module):
 
     def forward(self, source: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.encoder(source)
-        cache = self.decoder.init_cache(features, 1)
         padding = features.padding_mask if features.padding_mask is not None else source.new_zeros(source.shape).bool()
-        mask = cache.memory_mask
-        if mask is None:  # no padding anywhere: attend everywhere
-            mask = torch.zeros(source.shape[0], 1, 1, source.shape[1], dtype=cache.memory_kv.dtype)
-        return {"features": features.features, "padding_mask": padding, "memory_kv": cache.memory_kv,
-                "memory_mask": mask}
+        memory = self.decoder.export_memory(features)
+        return {"features": features.features, "padding_mask": padding, **memory,
+                **self.decoder.export_initial_state(memory)}
 
 
 class StepGraph(nn.Module):
-    """One decoder step over a growing self-attention cache, then the head's logits (see module doc)."""
+    """One decoder step, then the head's logits: ``(tokens, *memory, *state) -> {logits, next: state}``."""
 
-    def __init__(self, model: nn.Module, head: nn.Module) -> None:
+    def __init__(self, model: nn.Module, head: nn.Module, memory_names: list[str], state_names: list[str]) -> None:
         super().__init__()
         self.model = model  # owns every weight the step reads (a shared embedding lives in the encoder)
         self.decoder, self.head = model.decoder, head
+        self.memory_names, self.state_names = list(memory_names), list(state_names)
 
-    def forward(self, tokens: torch.Tensor, past_kv: torch.Tensor, memory_kv: torch.Tensor,
-                memory_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        # (1, N, L, 2, H, Dh): the new position's slot, shaped from memory_kv (past_kv may hold no position)
-        empty = torch.zeros_like(memory_kv[:, :, :, :, :1]).permute(4, 2, 0, 1, 3, 5)
-        grown = torch.cat([past_kv, empty], dim=0)
-        # one tensor per layer, not views of one: the exporter keeps in-place writes to a view local to
-        # that view, so the step's writes must land in tensors the graph returns
-        cache = _StepCache([grown[:, :, index].clone() for index in range(grown.shape[2])], memory_kv, memory_mask,
-                           past_kv.shape[0])
-        hidden = self.decoder.step(tokens, cache)  # (N, D); writes position t of every layer's cache
-        return {"logits": self.head.logits(hidden), "present_kv": torch.stack(cache.layers, dim=2)}
-
-
-@dataclass
-class _StepCache:
-    """What `TransformerDecoder.step` reads from a `DecoderCache`, with one tensor per layer
-    ``(t + 1, N, 2, H, Dh)``: the traced step writes position ``length`` of each."""
-
-    layers: list[torch.Tensor]
-    memory_kv: torch.Tensor
-    memory_mask: torch.Tensor
-    length: int
-
-    @property
-    def capacity(self) -> int:
-        return self.length + 1
-
-    def layer(self, index: int) -> torch.Tensor:
-        return self.layers[index]
+    def forward(self, tokens: torch.Tensor, *tensors: torch.Tensor) -> dict[str, Any]:
+        count = len(self.memory_names)
+        memory = dict(zip(self.memory_names, tensors[:count]))
+        state = dict(zip(self.state_names, tensors[count:]))
+        hidden, state = self.decoder.export_step(tokens, memory, state)
+        return {"logits": self.head.logits(hidden), NEXT: {name: state[name] for name in self.state_names}}
 
 
 def step_path(path: str | Path) -> Path:
@@ -108,53 +93,89 @@ def _sources(vocab: int, lengths: list[int], pad: int, eos: int, seed: int) -> t
     return rows
 
 
-def _step_inputs(encoded: dict[str, torch.Tensor], past: int, seed: int, vocab: int) -> tuple[torch.Tensor, ...]:
+def _names(model: nn.Module, source: torch.Tensor) -> tuple[list[str], list[str]]:
+    """The decoder's memory and state tensor names, checked against the contract (names free, axes declared)."""
+    decoder = model.decoder
+    with torch.inference_mode():
+        memory = decoder.export_memory(model.encoder(source))
+        state = decoder.export_initial_state(memory)
+    clash = (set(memory) & set(state)) | ((set(memory) | set(state)) & RESERVED)
+    if clash:
+        raise ExportError(f"decoder {type(decoder).__name__}: export tensor names {sorted(clash)} clash (memory and "
+                          f"state names must differ from each other and from {sorted(RESERVED)})")
+    undeclared = [name for name in [*memory, *state] if name not in decoder.export_axes]
+    if undeclared:
+        raise ExportError(f"decoder {type(decoder).__name__}: export_axes declares no axes for {undeclared}; each "
+                          f"memory and state tensor needs its {ROWS!r} axis")
+    return list(memory), list(state)
+
+
+def _step_inputs(decoder: StepDecoder, encoded: dict[str, torch.Tensor], memory_names: list[str],
+                 state_names: list[str], past: int, seed: int, vocab: int) -> tuple[torch.Tensor, ...]:
+    """Step-graph inputs after ``past`` eager steps over random tokens (a state as generation reaches it)."""
     generator = torch.Generator().manual_seed(seed)
-    memory_kv = encoded["memory_kv"]
-    L, _, N, H, _, Dh = memory_kv.shape
-    tokens = torch.randint(0, vocab, (N,), generator=generator)
-    past_kv = torch.randn(past, N, L, 2, H, Dh, generator=generator)
-    return tokens, past_kv, memory_kv, encoded["memory_mask"]
+    memory = {name: encoded[name] for name in memory_names}
+    state = {name: encoded[name] for name in state_names}
+    rows = encoded["features"].shape[0]
+    with torch.inference_mode():
+        for _ in range(past):
+            _, state = decoder.export_step(torch.randint(0, vocab, (rows,), generator=generator), memory, state)
+    tokens = torch.randint(0, vocab, (rows,), generator=generator)
+    return (tokens, *[memory[n] for n in memory_names], *[state[n] for n in state_names])
 
 
-def export_translator(run: Any, out: Path, heads: list[str] | None, opset: int, tolerance: float,
-                      check_sentences: int = 4, beam_size: int = 3):
+def _axes(decoder: StepDecoder, names: list[str], rename: dict[str, str],
+          prefix: str = "") -> dict[str, dict[int, str]]:
+    """``export_axes`` of ``names`` (as ``prefix + name``), axis labels renamed by ``rename``."""
+    return {prefix + name: {int(axis): rename.get(label, label) for axis, label in decoder.export_axes[name].items()}
+            for name in names}
+
+
+def export_seq2seq(run: Any, out: Path, heads: list[str] | None, opset: int, tolerance: float,
+                   check_sentences: int = 4, beam_size: int = 3):
     """Write the encoder graph to ``out`` and the decoder-step graph beside it; check both graphs
     output by output, then greedy and beam-search generation token by token, against eager PyTorch."""
-    from edh.export.runs import ExportReport
 
     model = copy.deepcopy(run.model).eval()
     name, head = generation_head(model)
     if heads and list(heads) != [name]:
         raise ExportError(f"a translator is exported with its generation head {name!r}; got --heads {' '.join(heads)}")
     decoder = model.decoder
-    vocab = head.logits(torch.zeros(1, decoder.d_model)).shape[-1]
+    vocab = head.logits(torch.zeros(1, decoder.hidden_size)).shape[-1]
     pad, eos = decoder.pad_id, decoder.eos_id
     example, probe = _sources(vocab, [7, 4], pad, eos, 0), _sources(vocab, [5, 9, 3], pad, eos, 1)
-    encoder_graph, step_graph = EncoderGraph(model).eval(), StepGraph(model, head).eval()
-    steps = step_path(out)
-    common = {"edh_version": __version__, "head": name, "bos_id": decoder.bos_id, "eos_id": eos, "pad_id": pad,
-              "max_len": decoder.positions.max_len, "vocab_size": int(vocab)}
-    export_graph(encoder_graph, (example,), out, ["source"], opset,
-                 dynamic_axes={"source": {0: "batch", 1: "source"}, "features": {0: "batch", 1: "source"},
-                               "padding_mask": {0: "batch", 1: "source"}, "memory_kv": {2: "batch", 4: "source"},
-                               "memory_mask": {0: "batch", 3: "source"}},
-                 metadata={**common, "kind": "seq2seq-encoder", "step_file": steps.name})
+    memory_names, state_names = _names(model, example)
+    encoder_graph = EncoderGraph(model).eval()
     with torch.inference_mode():
         encoded = encoder_graph(example)
-    export_graph(step_graph, _step_inputs(encoded, 2, 0, vocab), steps,
-                 ["tokens", "past_kv", "memory_kv", "memory_mask"], opset,
-                 dynamic_axes={"tokens": {0: "rows"}, "past_kv": {0: "past", 1: "rows"},
-                               "memory_kv": {2: "rows", 4: "source"}, "memory_mask": {0: "rows", 3: "source"},
-                               "logits": {0: "rows"}, "present_kv": {0: "present", 1: "rows"}},
+    rows_axes = decoder.export_rows_axes()
+    step_graph = StepGraph(model, head, memory_names, state_names).eval()
+    steps = step_path(out)
+    common = {"edh_version": __version__, "head": name, "bos_id": decoder.bos_id, "eos_id": eos, "pad_id": pad,
+              "max_len": decoder.max_length, "vocab_size": int(vocab), "memory": memory_names, "state": state_names,
+              "rows_axes": {n: rows_axes[n] for n in memory_names + state_names}}
+    batch = {ROWS: "batch"}  # one row per source in the encoder graph
+    export_graph(encoder_graph, (example,), out, ["source"], opset,
+                 dynamic_axes={"source": {0: "batch", 1: "source"}, "features": {0: "batch", 1: "source"},
+                               "padding_mask": {0: "batch", 1: "source"},
+                               **_axes(decoder, memory_names + state_names, batch)},
+                 metadata={**common, "kind": "seq2seq-encoder", "step_file": steps.name})
+    grown = {label: f"{NEXT}_{label}" for axes in decoder.export_axes.values() for label in axes.values()
+             if label != ROWS}  # a state axis may change size from one step to the next
+    export_graph(step_graph, _step_inputs(decoder, encoded, memory_names, state_names, 2, 0, vocab), steps,
+                 ["tokens", *memory_names, *state_names], opset,
+                 dynamic_axes={"tokens": {0: ROWS}, **_axes(decoder, memory_names + state_names, {}),
+                               "logits": {0: ROWS}, **_axes(decoder, state_names, grown, f"{NEXT}.")},
                  metadata={**common, "kind": "seq2seq-step"})
-    checks = {out.name: check_graph(out, EncoderGraph(run.model).eval(), (probe,), tolerance)}
+    reference_encoder = EncoderGraph(run.model).eval()
+    checks = {out.name: check_graph(out, reference_encoder, (probe,), tolerance)}
     with torch.inference_mode():
-        encoded_probe = EncoderGraph(run.model).eval()(probe)
-    reference_step = StepGraph(run.model, generation_head(run.model)[1]).eval()
+        encoded_probe = reference_encoder(probe)
+    reference_step = StepGraph(run.model, generation_head(run.model)[1], memory_names, state_names).eval()
     checks[steps.name] = []
-    for past in (0, 5):  # the first step (empty cache) and a later one
-        step_checks = check_graph(steps, reference_step, _step_inputs(encoded_probe, past, past + 1, vocab), tolerance)
+    for past in (0, 5):  # the first step (initial state) and a later one
+        inputs = _step_inputs(run.model.decoder, encoded_probe, memory_names, state_names, past, past + 1, vocab)
+        step_checks = check_graph(steps, reference_step, inputs, tolerance)
         checks[steps.name] += [OutputCheck(f"{c.name} (past {past})", c.max_abs_diff, c.scale, c.shape)
                                for c in step_checks]
     runtime = OnnxSeq2Seq.load(out, run.model)
@@ -171,72 +192,100 @@ def export_translator(run: Any, out: Path, heads: list[str] | None, opset: int, 
     return ExportReport([out, steps], checks, notes)
 
 
+
+
 @dataclass
 class EncodedSource:
     """The encoder graph's outputs; ``features`` gives the generation loop its rows and device."""
 
     features: torch.Tensor
     padding_mask: torch.Tensor
-    memory_kv: np.ndarray
-    memory_mask: np.ndarray
+    memory: dict[str, np.ndarray]
+    state: dict[str, np.ndarray]
 
 
-class OnnxCache:
-    """The step graph's caches between steps: numpy arrays, reordered by ``select`` (beam search)."""
+class OnnxCache(StepCache):
+    """The step graph's memory and state between steps: numpy arrays; ``select`` reorders the state
+    along each tensor's ``rows`` axis (beam search)."""
 
-    def __init__(self, self_kv: np.ndarray, memory_kv: np.ndarray, memory_mask: np.ndarray, capacity: int) -> None:
-        self.self_kv, self.memory_kv, self.memory_mask = self_kv, memory_kv, memory_mask
-        self.capacity = capacity
-
-    @property
-    def length(self) -> int:
-        return self.self_kv.shape[0]
+    def __init__(self, memory: dict[str, np.ndarray], state: dict[str, np.ndarray], rows_axes: dict[str, int],
+                 capacity: int) -> None:
+        self.memory, self.state, self.rows_axes = memory, state, rows_axes
+        self.capacity, self.length = capacity, 0
 
     def select(self, rows: torch.Tensor) -> None:
-        self.self_kv = np.ascontiguousarray(self.self_kv[:, rows.cpu().numpy()])
+        index = rows.cpu().numpy()
+        self.state = {name: np.take(value, index, axis=self.rows_axes[name]) for name, value in self.state.items()}
 
 
 class OnnxEncoder:
-    def __init__(self, graph: OnnxGraph) -> None:
+    def __init__(self, graph: OnnxGraph, memory_names: list[str], state_names: list[str]) -> None:
         self.graph = graph
+        self.memory_names, self.state_names = memory_names, state_names
 
     def __call__(self, source: torch.Tensor) -> EncodedSource:
-        features, padding, memory_kv, memory_mask = self.graph.run_numpy(source.long())
-        return EncodedSource(torch.from_numpy(features), torch.from_numpy(padding), memory_kv, memory_mask)
+        arrays = dict(zip(self.graph.output_names, self.graph.run_numpy(source.long())))
+        return EncodedSource(torch.from_numpy(arrays["features"]), torch.from_numpy(arrays["padding_mask"]),
+                             {n: arrays[n] for n in self.memory_names}, {n: arrays[n] for n in self.state_names})
 
 
-class OnnxDecoder:
-    """``init_cache`` / ``step`` over the decoder-step graph, as the generation loops call them."""
+class OnnxDecoder(StepDecoder):
+    """A `StepDecoder` over the decoder-step graph: ``init_cache`` / ``step`` as the generation loops
+    call them (its ``step`` returns the logits: the head is in the graph).
 
-    def __init__(self, graph: OnnxGraph, metadata: dict[str, Any]) -> None:
+    Args:
+        graph: the decoder-step graph.
+        metadata: the encoder graph's metadata (special tokens, ``max_len``, tensor names, rows axes).
+        in_spec: the eager decoder's input spec.
+    """
+
+    def __init__(self, graph: OnnxGraph, metadata: dict[str, Any], in_spec: Any) -> None:
+        super().__init__(in_spec)
         self.graph = graph
         self.bos_id, self.eos_id, self.pad_id = metadata["bos_id"], metadata["eos_id"], metadata["pad_id"]
-        self.positions = SimpleNamespace(max_len=int(metadata["max_len"]))
+        self.max_length = int(metadata["max_len"])
+        self.hidden_size = int(metadata["vocab_size"])
+        self.memory_names, self.state_names = list(metadata["memory"]), list(metadata["state"])
+        self.rows_axes = {name: int(axis) for name, axis in metadata["rows_axes"].items()}
+        expected = ["tokens", *self.memory_names, *self.state_names]
+        if graph.input_names != expected:
+            raise ExportError(f"{graph.path} takes {graph.input_names}, the encoder graph's metadata says {expected}; "
+                              "export the run again with `edh export`")
+        index = {name: position for position, name in enumerate(graph.output_names)}
+        self.logits_output = index["logits"]
+        self.state_outputs = [index[f"{NEXT}.{name}"] for name in self.state_names]
 
     def init_cache(self, memory: EncodedSource, max_new_tokens: int, beam_size: int = 1) -> OnnxCache:
-        if max_new_tokens > self.positions.max_len:
-            raise ValueError(f"cannot generate {max_new_tokens} tokens: the decoder's positions stop at "
-                             f"{self.positions.max_len} (max_len); ask for fewer tokens")
-        memory_kv, mask = memory.memory_kv, memory.memory_mask
-        if beam_size > 1:
-            memory_kv, mask = np.repeat(memory_kv, beam_size, axis=2), np.repeat(mask, beam_size, axis=0)
-        L, two, N, H, _, Dh = memory_kv.shape
-        return OnnxCache(np.zeros((0, N, L, two, H, Dh), dtype=memory_kv.dtype), memory_kv, mask, max_new_tokens)
+        self.check_length(max_new_tokens)
+
+        def repeat(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if beam_size == 1:
+                return dict(tensors)
+            return {n: np.repeat(v, beam_size, axis=self.rows_axes[n]) for n, v in tensors.items()}
+
+        return OnnxCache(repeat({n: memory.memory[n] for n in self.memory_names}),
+                         repeat({n: memory.state[n] for n in self.state_names}), self.rows_axes, max_new_tokens)
 
     def step(self, tokens: torch.Tensor, cache: OnnxCache) -> torch.Tensor:
         if cache.length >= cache.capacity:
             raise ValueError(f"the decoder cache holds {cache.capacity} positions and is full")
-        logits, cache.self_kv = self.graph.run_numpy(tokens.long(), cache.self_kv, cache.memory_kv, cache.memory_mask)
-        return torch.from_numpy(logits)
+        # the graph's inputs: tokens, then the memory and the state in the metadata's order (checked above)
+        outputs = self.graph.run_numpy(tokens.long(), *cache.memory.values(), *cache.state.values())
+        cache.state = {name: outputs[index] for name, index in zip(self.state_names, self.state_outputs)}
+        cache.length += 1
+        return torch.from_numpy(outputs[self.logits_output])
 
 
-class _Logits:
-    """The generation head's settings; its logits already come out of the step graph."""
+class _GraphLogits:
+    """The generation head as the runner offers it: its defaults; its logits already come out of the step graph."""
+
+    generates = True
 
     def __init__(self, head: nn.Module) -> None:
-        self.beam_size = getattr(head, "beam_size", 1)
-        self.length_penalty = getattr(head, "length_penalty", 1.0)
-        self.max_new_tokens = getattr(head, "max_new_tokens", None)
+        self.defaults = head.generation_defaults()
+
+    def generation_defaults(self) -> dict[str, Any]:
+        return dict(self.defaults)
 
     @staticmethod
     def logits(hidden: torch.Tensor) -> torch.Tensor:
@@ -244,11 +293,12 @@ class _Logits:
 
 
 class OnnxSeq2Seq(nn.Module):
-    """A translator run by onnxruntime, shaped like the `Model` `edh.ops.generation.generate` reads.
+    """A generating model run by onnxruntime, shaped like the `Model` `edh.ops.generation.generate` reads.
 
     Args:
         encoder_graph, step_graph: the two exported graphs.
-        model: the run's eager model (only its generation head's settings and spec are read).
+        model: the run's eager model (only its generation head's defaults and spec and its decoder's
+            ``in_spec`` are read).
     """
 
     def __init__(self, encoder_graph: OnnxGraph, step_graph: OnnxGraph, model: nn.Module) -> None:
@@ -258,20 +308,23 @@ class OnnxSeq2Seq(nn.Module):
         if metadata.get("head") != name:
             raise ExportError(f"{encoder_graph.path} was exported with head {metadata.get('head')!r}, the run has "
                               f"{name!r}")
-        self.encoder = OnnxEncoder(encoder_graph)
-        self.decoder = OnnxDecoder(step_graph, metadata)
-        self.heads = {name: _Logits(head)}
+        self.encoder = OnnxEncoder(encoder_graph, list(metadata["memory"]), list(metadata["state"]))
+        self.decoder = OnnxDecoder(step_graph, metadata, model.decoder.in_spec)
+        self.heads = {name: _GraphLogits(head)}
         self.head_specs = {name: model.head_specs[name]}
         self.device_anchor = nn.Parameter(torch.empty(0), requires_grad=False)  # onnxruntime runs on the CPU
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module) -> "OnnxSeq2Seq":
         encoder_graph = OnnxGraph(path)
-        if encoder_graph.metadata.get("kind") != "seq2seq-encoder":
-            kind = encoder_graph.metadata.get("kind")
-            raise ExportError(f"{path} is not a translator's encoder graph (kind {kind!r}); "
+        metadata = encoder_graph.metadata
+        if metadata.get("kind") != "seq2seq-encoder":
+            raise ExportError(f"{path} is not a translator's encoder graph (kind {metadata.get('kind')!r}); "
                               "export the run again with `edh export`")
-        steps = Path(path).with_name(encoder_graph.metadata["step_file"])
+        if "state" not in metadata:
+            raise ExportError(f"{path} was exported by an older edh ({metadata.get('edh_version')}) whose graphs "
+                              "name no decoder state; export the run again with `edh export`")
+        steps = Path(path).with_name(metadata["step_file"])
         return cls(encoder_graph, OnnxGraph(steps), model)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

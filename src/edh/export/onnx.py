@@ -38,6 +38,9 @@ METADATA_KEY = "edh"
 DEFAULT_TOLERANCE = 1e-4
 
 
+TRACE_BATCH, CHECK_BATCH = 2, 3  # traced at one batch size, checked at another (the batch axis is dynamic)
+
+
 class ExportError(ValueError):
     """A model or run that cannot be exported; the message says why and what to change."""
 
@@ -301,3 +304,33 @@ def check_graph(graph: OnnxGraph | str | Path, module: nn.Module | Callable[...,
             "folding (--no-fold-bn)."
         )
     return checks
+
+
+@dataclass
+class ExportReport:
+    """Files written and, per file, each output's difference to eager PyTorch.
+
+    Attributes:
+        files: the ONNX files, main graph first.
+        checks: file name -> one `OutputCheck` per output.
+        notes: what else the exporter did or measured (folded BatchNorms, detection agreement...).
+    """
+
+    files: list[Path]
+    checks: dict[str, list[OutputCheck]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((c.max_abs_diff for checks in self.checks.values() for c in checks), default=0.0)
+
+    def lines(self) -> list[str]:
+        out = []
+        for path in self.files:
+            checks = self.checks.get(path.name, [])
+            out.append(f"wrote {path}")
+            for check in checks:
+                out.append(f"  {check.name:<32} {str(check.shape):<20} max abs diff vs eager {check.max_abs_diff:.3g}")
+        out += self.notes
+        out.append(f"max abs diff vs eager PyTorch (onnxruntime, batch {CHECK_BATCH}): {self.max_abs_diff:.3g}")
+        return out

@@ -4,9 +4,11 @@ Families:
 
 - image models (classifier, U-Net, autoencoder / VAE, YOLO-style detector, multi-task): one graph
   ``images (B, C, H, W) -> every head's raw outputs`` (`export_image_run`); with ``nms`` the
-  detection heads' post-processing is in the graph too (`edh.export.detection`).
+  post-processing of the heads that declare one (``Head.export_postprocess``: detection heads'
+  NMS) is in the graph too, and heads whose raw outputs do not batch (``Head.export_raw`` False)
+  always export that way (`edh.export.postprocess`).
 - translators (step-wise decoder + ``lm`` head): an encoder graph and a decoder-step graph with
-  its KV cache (`edh.export.translation`).
+  its cache (`edh.export.generation`, over the `StepDecoder` contract).
 
 Every export folds BatchNorm into the preceding convs (`edh.utils.perf.fold_batchnorm`), keeps only
 the chosen heads (`Model.remove_heads`), and is checked with onnxruntime against the run's own
@@ -21,14 +23,14 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from edh.export.onnx import (DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, OnnxGraph, OutputCheck, check_graph,
+from edh.export.onnx import (CHECK_BATCH, DEFAULT_OPSET, DEFAULT_TOLERANCE, TRACE_BATCH, ExportError, ExportReport,
+                             OnnxGraph, check_graph,
                              export_graph)
 from edh.workflows.run import Run, load_run
 from edh.version import __version__
@@ -36,37 +38,6 @@ from edh.version import __version__
 log = logging.getLogger("edh")
 
 ONNX_FILE = "model.onnx"
-TRACE_BATCH, CHECK_BATCH = 2, 3  # traced at one batch size, checked at another (the batch axis is dynamic)
-
-
-@dataclass
-class ExportReport:
-    """Files written and, per file, each output's difference to eager PyTorch.
-
-    Attributes:
-        files: the ONNX files, main graph first.
-        checks: file name -> one `OutputCheck` per output.
-        notes: what else the exporter did or measured (folded BatchNorms, detection agreement...).
-    """
-
-    files: list[Path]
-    checks: dict[str, list[OutputCheck]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def max_abs_diff(self) -> float:
-        return max((c.max_abs_diff for checks in self.checks.values() for c in checks), default=0.0)
-
-    def lines(self) -> list[str]:
-        out = []
-        for path in self.files:
-            checks = self.checks.get(path.name, [])
-            out.append(f"wrote {path}")
-            for check in checks:
-                out.append(f"  {check.name:<32} {str(check.shape):<20} max abs diff vs eager {check.max_abs_diff:.3g}")
-        out += self.notes
-        out.append(f"max abs diff vs eager PyTorch (onnxruntime, batch {CHECK_BATCH}): {self.max_abs_diff:.3g}")
-        return out
 
 
 def count_batchnorm(module: nn.Module) -> int:
@@ -123,17 +94,16 @@ def export_image_run(run: Run, out: Path, heads: list[str] | None = None, opset:
     metadata = {"edh_version": __version__, "kind": "image", "input_size": list(size),
                 "in_channels": run.info.in_channels, "heads": list(model.heads), "nms": nms, "fold_bn": fold_bn}
     notes = [f"BatchNorm folded: {folded} of {count_batchnorm(reference)} layers" if fold_bn else "BatchNorm kept"]
-    from edh.export.detection import is_batched, is_detection
-
-    unbatched = [n for n, h in model.heads.items() if is_detection(h) and not is_batched(h)]
+    unbatched = [n for n, h in model.heads.items() if not h.export_raw]
     if unbatched and not nms:
         notes.append(f"{', '.join(unbatched)}: exported with post-processing in the graph (as --nms): its raw "
-                     "outputs are per-image proposal lists")
+                     "outputs do not batch (e.g. per-image proposal lists)")
         nms = True
     if nms:
-        from edh.export.detection import export_with_nms
+        from edh.export.postprocess import export_with_postprocess
 
-        return export_with_nms(run, model, reference, example, probe, out, opset, tolerance, metadata, notes)
+        return export_with_postprocess(run, model, reference, example, probe, out, opset, tolerance, metadata,
+                                       notes)
     export_graph(model, (example,), out, ["images"], opset, probe=(probe,), metadata=metadata)
     checks = check_graph(out, reference, (probe,), tolerance)
     return ExportReport([out], {out.name: checks}, notes)
@@ -152,33 +122,37 @@ def export_run(run: Run | str | Path, out: str | Path | None = None, heads: list
         opset: ONNX opset version.
         tolerance: the largest allowed ``max abs diff / max(1, max |eager value|)`` per output.
         fold_bn: fold BatchNorm into the preceding convs.
-        nms: put the detection heads' score filtering and NMS in the graph (detectors only).
+        nms: put the post-processing of the heads that declare one (``Head.export_postprocess``:
+            detection heads' score filtering and NMS) in the graph.
         input_size: ``(H, W)`` to export for, when the run keeps each image's own size.
 
     Raises:
         ExportCheckError: an output differs from eager PyTorch by more than ``tolerance``.
     """
     from edh.export.onnx import require_onnx
-    from edh.ops.generation import is_seq2seq
+    from edh.ops.generation import generates
+    from edh.workflows.inputs import reader_for
 
     require_onnx()
     run = run if isinstance(run, Run) else load_run(run)
     out = Path(out) if out else Path(run.path) / ONNX_FILE
     if out.suffix != ".onnx":
         raise ExportError(f"--out {out} must end in .onnx")
-    if is_seq2seq(run.model):
-        from edh.export.translation import export_translator
+    if generates(run.model):  # a step decoder: an encoder graph and a decoder-step graph
+        from edh.export.generation import export_seq2seq
 
-        return export_translator(run, out, heads, opset, tolerance)
-    if run.info.input_kind != "image":
-        raise ExportError(f"{run.path}: exporting {run.info.input_kind!r} runs is not supported (image models and "
-                          "translators are)")
+        return export_seq2seq(run, out, heads, opset, tolerance)
+    if not reader_for(run).exportable:
+        raise ExportError(f"{run.path}: exporting models of {run.info.input_kind!r} inputs as one graph is not "
+                          "supported yet (image models and generating models are)")
     return export_image_run(run, out, heads, opset, tolerance, fold_bn, nms, input_size)
 
 
 class OnnxImageModel(nn.Module):
     """Stands in for a run's `Model` in ``predict``: onnxruntime computes the heads' raw outputs, the
-    run's eager heads post-process them (``heads``, ``head_specs`` as in `Model`).
+    run's eager heads post-process them (``heads``, ``head_specs``, ``tasks`` as in `Model`); heads
+    whose post-processing is in the graph give its result through their ``from_postprocessed``
+    (`edh.export.postprocess.Postprocessed`).
 
     Args:
         graph: the exported image graph.
@@ -189,15 +163,20 @@ class OnnxImageModel(nn.Module):
         super().__init__()
         self.graph = graph
         exported = graph.metadata.get("heads", [])
-        self.nms_heads = list(graph.metadata.get("nms_heads", []))
+        self.postprocess_heads = list(graph.metadata.get("postprocess_heads", []))
         self.heads = nn.ModuleDict({n: h for n, h in model.heads.items() if n in exported})
-        if self.nms_heads:
-            from edh.export.detection import GraphDetections
+        if self.postprocess_heads:
+            from edh.export.postprocess import Postprocessed
 
-            for name in self.nms_heads:
-                self.heads[name] = GraphDetections(self.heads[name])
+            for name in self.postprocess_heads:
+                self.heads[name] = Postprocessed(self.heads[name])
         self.head_specs = {n: model.head_specs[n] for n in self.heads}
         self.decoder = None
+        object.__setattr__(self, "_model", model)  # not a submodule: only its tasks are read
+
+    def tasks(self) -> dict[str, nn.Module]:
+        """As `Model.tasks`: the kept heads, or for a model without heads the run model's own tasks."""
+        return dict(self.heads) if len(self.heads) else self._model.tasks()
 
     def remove_heads(self, keep: list[str]) -> "OnnxImageModel":
         unknown = [k for k in keep if k not in self.heads]
@@ -215,28 +194,27 @@ class OnnxImageModel(nn.Module):
         if tuple(images.shape[-2:]) != expected:
             raise ExportError(f"{self.graph.path} was exported for {expected[0]}x{expected[1]} images, got "
                               f"{images.shape[-2]}x{images.shape[-1]}; export again with --input-size")
-        if self.nms_heads:
-            from edh.export.detection import run_with_postprocess
+        if self.postprocess_heads:
+            from edh.export.postprocess import run_with_postprocess
 
-            heads = {n: (h.head if n in self.nms_heads else h) for n, h in self.heads.items()}
-            outputs = run_with_postprocess(self.graph, images, heads)
+            outputs = run_with_postprocess(self.graph, images, dict(self.heads))
         else:
             outputs = self.graph(images)
-        return {name: outputs[name] for name in self.heads}
+        return {name: outputs[name] for name in self.tasks()}
 
 
 def onnx_run(run: Run, path: str | Path | None = None) -> Run:
     """The same run with its model replaced by onnxruntime over the exported graph(s) (``edh predict
     --backend onnxruntime``); ``path`` defaults to ``RUNDIR/model.onnx``."""
     from edh.export.onnx import require_onnx
-    from edh.ops.generation import is_seq2seq
+    from edh.ops.generation import generates
 
     require_onnx()
     path = Path(path) if path else Path(run.path) / ONNX_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; export the run first: edh export {run.path} --format onnx")
-    if is_seq2seq(run.model):
-        from edh.export.translation import OnnxSeq2Seq
+    if generates(run.model):
+        from edh.export.generation import OnnxSeq2Seq
 
         return Run(run.path, OnnxSeq2Seq.load(path, run.model), run.spec, run.info)
     graph = OnnxGraph(path)

@@ -23,8 +23,9 @@ class LMHead(Head):
     from (the decoder's, which is the encoder's when the decoder shares it), as in Vaswani et al.
     The head then owns no weight matrix, only an optional bias.
 
-    ``beam_size``, ``length_penalty`` and ``max_new_tokens`` are the generation defaults used by
-    ``edh eval``, ``edh translate`` and ``edh predict`` (each command can override them).
+    The head ``generates``: ``beam_size``, ``length_penalty`` and ``max_new_tokens`` are its
+    ``generation_defaults()``, used by ``edh eval``, ``edh translate`` and ``edh predict`` (each
+    command can override them).
 
     Args:
         vocab_size: output classes (the target vocabulary).
@@ -42,6 +43,7 @@ class LMHead(Head):
     accepts = ("sequence",)
     task = "generation"
     function = "linear + softmax over the vocabulary"
+    generates = True
 
     def __init__(self, in_spec: FeatureSpec, vocab_size: int, tie_embeddings: bool = True, bias: bool = False,
                  label_smoothing: float = 0.1, pad_id: int = 0, beam_size: int = 1, length_penalty: float = 1.0,
@@ -85,6 +87,11 @@ class LMHead(Head):
         """``(..., D)`` features -> ``(..., vocab_size)`` logits (oneDNN-packed weight when decoding, see
         `edh.layers.packed`)."""
         return packed.linear(hidden, self.weight, self.bias)
+
+    def generation_defaults(self) -> dict[str, Any]:
+        """``beam_size``, ``length_penalty`` and ``max_new_tokens`` (None: from the source length)."""
+        return {"beam_size": self.beam_size, "length_penalty": self.length_penalty,
+                "max_new_tokens": self.max_new_tokens}
 
     def forward(self, features: Sequence | torch.Tensor, **context: Any) -> torch.Tensor:
         hidden = features.features if isinstance(features, Sequence) else features

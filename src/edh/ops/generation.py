@@ -1,10 +1,12 @@
-"""Generation for encoder-decoder models: batched greedy and beam search over a KV-cached decoder step.
+"""Generation for encoder-decoder models: batched greedy and beam search over a cached decoder step.
 
-A seq2seq model here is an encoder giving a `Sequence`, a decoder with ``init_cache`` / ``step``
-(and ``bos_id`` / ``eos_id`` / ``pad_id``), and a head with ``logits(hidden)``. Each step runs the
-decoder on one position per row, so the cost per token does not grow with the prefix beyond
-attention itself. `greedy_uncached` re-decodes the whole prefix every step; tests use it to prove
-that the cache changes nothing.
+A generating model here is an encoder giving a `Sequence`, a `StepDecoder` (``init_cache`` /
+``step``, a `StepCache` with ``select``, ``bos_id`` / ``eos_id`` / ``pad_id``, ``max_length``) and
+a head with ``generates`` (``logits(hidden)``, ``generation_defaults()``). Nothing else is read, so
+any decoder that implements the contract generates here. Each step runs the decoder on one
+position per row, so the cost per token does not grow with the prefix beyond attention itself.
+`greedy_uncached` re-decodes the whole prefix every step; tests use it to prove that the cache
+changes nothing.
 
 Example:
     >>> result = generate(model, source_ids, beam_size=4)
@@ -19,6 +21,7 @@ from typing import Any, Callable
 import torch
 
 from edh.core.features import Sequence
+from edh.decoders.base import StepDecoder
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
 
@@ -38,24 +41,25 @@ class Generation:
     scores: torch.Tensor | None = None
 
 
-def is_seq2seq(model: Any) -> bool:
-    """True when ``model`` has a decoder that can decode step by step (``init_cache`` / ``step``)."""
-    decoder = getattr(model, "decoder", None)
-    return callable(getattr(decoder, "init_cache", None)) and callable(getattr(decoder, "step", None))
+def generates(model: Any) -> bool:
+    """True when ``model``'s decoder is a `StepDecoder` (it decodes step by step: ``model`` generates)."""
+    return isinstance(getattr(model, "decoder", None), StepDecoder)
+
+
 
 
 def generation_head(model: Any) -> tuple[str, Any]:
-    """The name and module of the first head that reads the decoder and has ``logits``."""
+    """The name and module of the first head that reads the decoder and ``generates`` (has ``logits``)."""
     for name, head in model.heads.items():
-        if model.head_specs[name].source == "decoder" and callable(getattr(head, "logits", None)):
+        if model.head_specs[name].source == "decoder" and head.generates:
             return name, head
     raise ValueError("this model has no head that turns decoder features into token logits; add "
                      "`heads: {tokens: {type: lm, source: decoder}}`")
 
 
-def default_max_new_tokens(source_length: int, decoder: Any) -> int:
-    """1.5 x the source length + 10, within the decoder's positions."""
-    return min(int(source_length * 1.5) + 10, decoder.positions.max_len)
+def default_max_new_tokens(source_length: int, decoder: StepDecoder) -> int:
+    """1.5 x the source length + 10, within the decoder's ``max_length``."""
+    return min(int(source_length * 1.5) + 10, decoder.max_length)
 
 
 def _lengths(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -64,12 +68,12 @@ def _lengths(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
     return torch.where(is_eos.any(dim=1), first, torch.full_like(first, tokens.shape[1]))
 
 
-def greedy_search(decoder: Any, logits: Logits, memory: Sequence, max_new_tokens: int,
+def greedy_search(decoder: StepDecoder, logits: Logits, memory: Sequence, max_new_tokens: int,
                   min_new_tokens: int = 0) -> Generation:
     """Pick the most likely token at every step, for every row at once, until all rows end in ``eos``.
 
     Args:
-        decoder: a decoder with ``init_cache`` / ``step``.
+        decoder: a `StepDecoder`.
         logits: ``(N, D)`` decoder features -> ``(N, V)`` logits.
         memory: the encoder's `Sequence` ``(N, S, C)``.
         max_new_tokens: stop after this many tokens.
@@ -104,7 +108,7 @@ def greedy_search(decoder: Any, logits: Logits, memory: Sequence, max_new_tokens
     return Generation(tokens, _lengths(tokens, eos))
 
 
-def greedy_uncached(decoder: Any, logits: Logits, memory: Sequence, max_new_tokens: int) -> Generation:
+def greedy_uncached(decoder: StepDecoder, logits: Logits, memory: Sequence, max_new_tokens: int) -> Generation:
     """Greedy decoding that re-runs the decoder's full ``forward`` on the whole prefix at every step.
 
     Quadratic in the output length; the reference that the cached `greedy_search` must match.
@@ -124,14 +128,14 @@ def greedy_uncached(decoder: Any, logits: Logits, memory: Sequence, max_new_toke
     return Generation(out, _lengths(out, eos))
 
 
-def beam_search(decoder: Any, logits: Logits, memory: Sequence, beam_size: int, max_new_tokens: int,
+def beam_search(decoder: StepDecoder, logits: Logits, memory: Sequence, beam_size: int, max_new_tokens: int,
                 length_penalty: float = 1.0, min_new_tokens: int = 0) -> Generation:
     """Keep the ``beam_size`` best prefixes per source; return each source's best finished one.
 
     Candidates are ranked by ``log p / length ** length_penalty``. A beam that produced ``eos``
     keeps its slot and score (it continues with padding at no cost) until every beam of every
-    source has finished or ``max_new_tokens`` is reached. The self-attention cache is reordered in
-    place after each step; the memory keys / values are shared by the beams of one source.
+    source has finished or ``max_new_tokens`` is reached. The decoder's cache is reordered after
+    each step (``cache.select``).
 
     Args:
         decoder, logits, memory, max_new_tokens, min_new_tokens: as in `greedy_search`.
@@ -193,22 +197,23 @@ def generate(model: Any, source: torch.Tensor, beam_size: int | None = None, max
     """Encode ``source`` and decode it with greedy (``beam_size`` 1) or beam search.
 
     Defaults for ``beam_size``, ``length_penalty`` and ``max_new_tokens`` come from the model's
-    generation head (its spec options).
+    generation head (``generation_defaults()``, its spec options).
 
     Args:
-        model: an edh `Model` with a step-wise decoder and an ``lm`` head on it.
+        model: an edh `Model` with a `StepDecoder` and a head on it that ``generates`` (``lm``).
         source: ``(B, S)`` token ids, right-padded.
         head: the head to use (default: the first that reads the decoder).
     """
-    if not is_seq2seq(model):
+    if not generates(model):
         raise ValueError("generate needs a model whose decoder decodes step by step (e.g. decoder: transformer)")
     if head is None:
         _, lm = generation_head(model)
     else:
         lm = model.heads[head]
-    beam_size = beam_size if beam_size is not None else getattr(lm, "beam_size", 1)
-    length_penalty = length_penalty if length_penalty is not None else getattr(lm, "length_penalty", 1.0)
-    max_new_tokens = max_new_tokens or getattr(lm, "max_new_tokens", None) or \
+    defaults = lm.generation_defaults()
+    beam_size = beam_size if beam_size is not None else defaults.get("beam_size", 1)
+    length_penalty = length_penalty if length_penalty is not None else defaults.get("length_penalty", 1.0)
+    max_new_tokens = max_new_tokens or defaults.get("max_new_tokens") or \
         default_max_new_tokens(source.shape[1], model.decoder)
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from edh.workflows.evaluation import Evaluation
 from edh.workflows.run import Run
-
-
-@dataclass
-class Evaluation:
-    split: str
-    count: int
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    reports: dict[str, list[str]] = field(default_factory=dict)
 
 
 def evaluate_run(run: Run, split: str = "test", out_dir: str | Path | None = None, batch_size: int | None = None,
@@ -26,9 +18,9 @@ def evaluate_run(run: Run, split: str = "test", out_dir: str | Path | None = Non
     A model that generates (a step decoder with a generating head) is scored on generated text
     (`edh.workflows.translate.evaluate_translation`); any other on its tasks' metrics (`Model.tasks`).
     """
-    from edh.ops.generation import is_seq2seq
+    from edh.ops.generation import generates
 
-    if is_seq2seq(run.model):  # BLEU / chrF / exact match need generated text, not logits
+    if generates(run.model):  # BLEU / chrF / exact match need generated text, not logits
         from edh.workflows.translate import evaluate_translation
 
         return evaluate_translation(run, split, batch_size, progress, out_dir=out_dir)

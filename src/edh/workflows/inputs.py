@@ -24,12 +24,15 @@ class InputReader:
         one_at_a_time: ``(run) -> bool``: items cannot share a batch (images of their own sizes).
         speed_options: ``--fast`` / ``--bf16`` / ``--compile`` (`edh.utils.perf.InferenceModel`:
             channels_last, folded BatchNorm) apply to models of this input.
+        exportable: ``edh export`` writes models of this input as one ONNX graph (``images -> outputs``;
+            generating models export as encoder + decoder-step graphs whatever their input).
     """
 
     read: Callable[[Any, list[Any]], torch.Tensor]
     pictures: bool
     one_at_a_time: Callable[[Any], bool]
     speed_options: bool = False
+    exportable: bool = False
 
 
 def read_images(run: Any, paths: list[str | Path]) -> torch.Tensor:
@@ -70,7 +73,7 @@ def read_texts(run: Any, texts: list[str]) -> torch.Tensor:
 
 INPUT_READERS: dict[str, InputReader] = {
     "image": InputReader(read_images, pictures=True, one_at_a_time=lambda run: run.info.image_size is None,
-                         speed_options=True),
+                         speed_options=True, exportable=True),
     "tokens": InputReader(read_texts, pictures=False, one_at_a_time=lambda run: False),
 }
 

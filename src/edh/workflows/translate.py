@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from edh.data.tokenizer import TextTokenizer
-from edh.ops.generation import generate, generation_head, is_seq2seq
+from edh.ops.generation import generate, generates, generation_head
 from edh.workflows.run import Run
 
 
@@ -28,12 +28,12 @@ class Translator:
     """A translation run's model and tokenizer.
 
     Args:
-        run: a loaded run whose model has a step-wise decoder and an ``lm`` head, and whose folder
-            holds the tokenizer named in its data info.
+        run: a loaded run whose model generates (a `StepDecoder` and a head that ``generates``, e.g.
+            ``lm``), and whose folder holds the tokenizer named in its data info.
     """
 
     def __init__(self, run: Run) -> None:
-        if not is_seq2seq(run.model):
+        if not generates(run.model):
             raise ValueError(f"{run.path} is not a translation run: its model has no step-wise decoder "
                              "(decoder: transformer); use `edh predict` for other runs")
         self.run = run
@@ -96,16 +96,17 @@ def evaluate_translation(run: Run, split: str = "test", batch_size: int | None =
                          beam_size: int | None = None, examples: int = 5, out_dir: str | Path | None = None):
     """BLEU, chrF and exact match of generated translations of ``split``, with example lines.
 
-    The data is rebuilt with the run's own tokenizer; generation uses the head's defaults
-    (``beam_size``, ``length_penalty``) unless ``beam_size`` is given. With ``out_dir``, every
-    translation is written to ``out_dir/translations-<split>.tsv`` (source, translation, reference).
+    The data is rebuilt with the run's own tokenizer; generation uses the head's
+    ``generation_defaults()`` (``beam_size``, ``length_penalty``) unless ``beam_size`` is given. With
+    ``out_dir``, every translation is written to ``out_dir/translations-<split>.tsv`` (source,
+    translation, reference).
 
     Returns:
         an `edh.workflows.evaluate.Evaluation` with ``metrics[head] = {bleu, chrf, exact_match}`` and the
         examples in ``reports[head]``.
     """
     from edh.data.base import build_data
-    from edh.workflows.evaluate import Evaluation
+    from edh.workflows.evaluation import Evaluation
     from edh.core.registry import lookup
 
     translator = Translator(run)

@@ -107,6 +107,28 @@ class DetectionHead(Head):
         return scalars, lines
 
     # ---- predictions ----------------------------------------------------------------------------
+    def align_predictions(self, reference: Detections, other: Detections) -> tuple[dict[str, torch.Tensor],
+                                                                                  dict[str, torch.Tensor]]:
+        """Both predictions as ``{"boxes", "scores", "labels"}`` over all images, ``other``'s detections
+        in the order of their partners in ``reference``: per image, each reference detection (best
+        first) takes the closest unpaired one of the same label (by box distance, then score), so
+        near-equal scores in another order still pair up. ``ValueError`` when an image has another
+        number of detections, or a detection has no partner of its label."""
+        if len(reference) != len(other):
+            raise ValueError(f"{len(reference)} images in the reference but {len(other)} in the other")
+        ours, theirs = [], []
+        for index, (a, b) in enumerate(zip(reference, other)):
+            if len(a["boxes"]) != len(b["boxes"]):
+                raise ValueError(f"image {index} has {len(a['boxes'])} detections in the reference but "
+                                 f"{len(b['boxes'])} in the other")
+            pairs = _pair(a, b)
+            if pairs is None:
+                raise ValueError(f"image {index}: detections of other labels in the other than in the reference")
+            ours.append({k: a[k] for k in ("boxes", "scores", "labels")})
+            theirs.append({k: b[k][pairs] for k in ("boxes", "scores", "labels")})
+        join = lambda found: {k: torch.cat([d[k] for d in found]) for k in ("boxes", "scores", "labels")}  # noqa: E731
+        return join(ours), join(theirs)
+
     def label_name(self, label: int) -> str:
         return self.class_names[label - 1] if 1 <= label <= self.num_classes else str(label)
 
@@ -153,6 +175,23 @@ class DetectionHead(Head):
                 records.append({"image_id": image_id, "category_id": int(category),
                                 "bbox": [round(v, 3) for v in box], "score": round(float(score), 5)})
         return records
+
+
+def _pair(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """For each detection of ``a``, the index of its partner in ``b`` (see `DetectionHead.align_predictions`),
+    or None when some detection has no partner of its label."""
+    order = a["scores"].argsort(descending=True, stable=True)
+    free = torch.ones(len(b["boxes"]), dtype=torch.bool, device=b["boxes"].device)
+    pairs = torch.empty(len(order), dtype=torch.long, device=b["boxes"].device)
+    for i in order.tolist():
+        same = torch.where(free & (b["labels"].long() == int(a["labels"][i])))[0]
+        if not len(same):
+            return None
+        cost = (b["boxes"][same] - a["boxes"][i].to(b["boxes"])).abs().amax(1) \
+            + (b["scores"][same] - a["scores"][i].to(b["scores"])).abs()
+        j = int(same[cost.argmin()])
+        pairs[i], free[j] = j, False
+    return pairs
 
 
 def _image_ids(info: Any) -> dict[str, int]:

@@ -57,6 +57,8 @@ class FasterRCNNHead(DetectionHead):
         "roi.box_predictor.bbox_pred": "RoI box-regression branch: 4 deltas per class",
     }
     function = "two-stage detection: RPN proposals -> RoI classification + box regression"
+    export_postprocess = "single"  # proposals are per-image lists: traced at batch 1
+    export_raw = False
 
     def __init__(self, in_spec: FeatureSpec, num_classes: int, class_names: list[str] | None = None,
                  category_ids: list[int] | None = None, anchor_sizes: list[list[float]] | None = None,
@@ -96,6 +98,7 @@ class FasterRCNNHead(DetectionHead):
         return {"rpn_objectness": rpn["objectness"], "rpn_box": rpn["box"],
                 "roi_classification": roi["classification"], "roi_box": roi["box"]}
 
-    def predict(self, outputs: dict[str, Any], **meta: Any) -> Detections:
-        """Per image ``{"boxes": (D, 4), "scores": (D,), "labels": (D,)}``, best first."""
+    def postprocess(self, outputs: dict[str, Any]) -> Detections:
+        """Per image ``{"boxes": (D, 4), "scores": (D,), "labels": (D,)}``, best first (`RoIHeads.postprocess`);
+        ``predict`` returns it as it is. Traceable one image at a time (``export_postprocess``)."""
         return self.roi.postprocess(outputs["roi"], self.score_thresh, self.nms_thresh, self.max_detections)

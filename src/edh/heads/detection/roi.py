@@ -155,13 +155,21 @@ class RoIHeads(nn.Module):
     @torch.no_grad()
     def postprocess(self, outputs: dict[str, Any], score_thresh: float, nms_thresh: float,
                     max_detections: int) -> Detections:
-        """Softmax scores, per-class boxes, score threshold, class-wise NMS, best ``max_detections``."""
+        """Softmax scores, per-class boxes, score threshold, class-wise NMS, best ``max_detections``:
+        a list with one ``{"boxes", "scores", "labels"}`` per image.
+
+        Traceable for one image (an ONNX graph at batch 1): its regions are not split by count (a
+        traced ``split`` would freeze the number of proposals)."""
         proposals, image_size = outputs["proposals"], outputs["image_size"]
         scores = F.softmax(outputs["class_logits"], -1)
-        deltas = outputs["box_regression"].reshape(len(scores), -1, 4)
+        deltas = outputs["box_regression"].reshape(scores.shape[0], -1, 4)
+        if len(proposals) == 1:
+            per_image = [(scores, deltas, proposals[0])]
+        else:
+            counts = [p.shape[0] for p in proposals]
+            per_image = list(zip(scores.split(counts), deltas.split(counts), proposals))
         results = []
-        for image_scores, image_deltas, image_proposals in zip(scores.split([p.shape[0] for p in proposals]),
-                                                               deltas.split([p.shape[0] for p in proposals]), proposals):
+        for image_scores, image_deltas, image_proposals in per_image:
             region, label = torch.where(image_scores[:, 1:] > score_thresh)  # region-major, like torchvision
             label = label + 1
             boxes = self.box_coder.decode_single(image_deltas[region, label], image_proposals[region])

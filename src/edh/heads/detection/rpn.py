@@ -188,6 +188,8 @@ class RPNHead(DetectionHead):
     """
 
     function = "region proposals: objectness + box deltas per anchor, NMS"
+    export_postprocess = "single"  # proposals are per-image lists: traced at batch 1
+    export_raw = False
 
     def __init__(self, in_spec: FeatureSpec, anchor_sizes: list[list[float]] | None = None,
                  aspect_ratios: list[float] = (0.5, 1.0, 2.0), conv_depth: int = 1,
@@ -211,10 +213,11 @@ class RPNHead(DetectionHead):
     def loss(self, outputs: dict[str, Any], targets: Any) -> dict[str, torch.Tensor]:
         return self.rpn.loss(outputs, self._checked(targets, outputs["objectness"].shape[0]))
 
-    def predict(self, outputs: dict[str, Any], **meta: Any) -> Detections:
+    def postprocess(self, outputs: dict[str, Any]) -> Detections:
+        """Per image the best ``max_detections`` proposals above ``score_thresh`` (label 1), best first;
+        ``predict`` returns it as it is. Traceable one image at a time (``export_postprocess``)."""
         found = []
         for boxes, scores in zip(outputs["proposals"], outputs["scores"]):
             keep = torch.where(scores > self.score_thresh)[0][:self.max_detections]
-            found.append({"boxes": boxes[keep], "scores": scores[keep],
-                          "labels": torch.ones(len(keep), dtype=torch.int64, device=boxes.device)})
+            found.append({"boxes": boxes[keep], "scores": scores[keep], "labels": torch.ones_like(keep)})
         return found

@@ -8,8 +8,9 @@ Every location of every pyramid level predicts, through two decoupled towers sha
 levels, per-class scores (classification branch) and the distances to the four sides of its box
 plus a centre-ness logit (box branch). Label assignment: `edh.ops.matching.center_sampling_match`.
 Losses: sigmoid focal loss (classes), GIoU loss (boxes), BCE (centre-ness), each averaged over the
-positive locations. Post-processing: score = sqrt(class probability x centre-ness), the best
-``topk_candidates`` above ``score_thresh``, class-wise NMS.
+positive locations. Post-processing (`YoloHead.postprocess`, batched and traceable: eager ``predict``
+and an ONNX graph exported with ``--nms`` run the same code): score = sqrt(class probability x
+centre-ness), the best ``topk_candidates`` above ``score_thresh``, class-wise NMS.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import batched_nms, clip_boxes_to_image, generalized_box_iou_loss, sigmoid_focal_loss
 
 from edh.core.features import FeatureSpec
 from edh.heads.detection.base import DetectionHead, Detections
 from edh.ops.anchors import grid_points
-from edh.ops.boxes import filter_detections
 from edh.ops.matching import center_sampling_match
 from edh.core.registry import register_head
+
+MIN_SIZE = 1e-2  # boxes narrower or lower than this are dropped (`edh.ops.boxes.filter_detections`' default)
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class YoloHead(DetectionHead):
         "bbox_ctrness": "box branch: centre-ness",
     }
     function = "one-stage anchor-free detection (FCOS-style): class scores + box per location, NMS"
+    export_postprocess = "batched"
 
     def __init__(self, in_spec: FeatureSpec, num_classes: int, class_names: list[str] | None = None,
                  category_ids: list[int] | None = None, levels: list[int] | None = None, width: int | None = None,
@@ -213,17 +216,51 @@ class YoloHead(DetectionHead):
 
     @torch.no_grad()
     def predict(self, outputs: dict[str, Any], **meta: Any) -> Detections:
-        """Per image ``{"boxes": (D, 4), "scores": (D,), "labels": (D,)}``, best first."""
+        """Per image ``{"boxes": (D, 4), "scores": (D,), "labels": (D,)}``, best first: `from_postprocessed`
+        of `postprocess` (the same code an ONNX graph with ``--nms`` runs)."""
+        return self.from_postprocessed(self.postprocess(outputs), **{**meta, "batch_size": len(outputs["cls_logits"])})
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The whole batch's detections at once, in traceable ops (exported with a dynamic batch axis).
+
+        Per image the best ``topk_candidates`` (location, class) scores, decoded, clipped, kept above
+        ``score_thresh`` and at least ``MIN_SIZE`` wide and high, then one class-wise NMS over every
+        image at once (torchvision's coordinate offset per image and class; ONNX ``NonMaxSuppression``).
+
+        Returns:
+            ``boxes (M, 4)``, ``scores (M,)``, ``labels (M,)`` (1..K) and ``batch_index (M,)`` of every
+            detection that survives NMS within its image, in decreasing score order (all images).
+        """
         grid = outputs["grid"]
         scores = torch.sqrt(outputs["cls_logits"].sigmoid() * outputs["centerness"].sigmoid()[..., None])  # (B, P, K)
-        results = []
-        for image_scores, image_regression in zip(scores, outputs["box_regression"]):
-            flat = image_scores.flatten()
-            candidates = torch.where(flat > self.score_thresh)[0]
-            if len(candidates) > self.topk_candidates:
-                candidates = candidates[flat[candidates].topk(self.topk_candidates).indices]
-            location, label = candidates // self.num_classes, candidates % self.num_classes + 1
-            boxes = self.decode(image_regression[location], grid.points[location], grid.strides[location])
-            results.append(filter_detections(boxes, flat[candidates], label, outputs["image_size"], self.score_thresh,
-                                             self.nms_thresh, self.max_detections))
-        return results
+        batch, locations, classes = scores.shape
+        k = min(self.topk_candidates, locations * classes)
+        top, index = scores.flatten(1).topk(k, dim=1)  # (B, k)
+        location, label = index // classes, index % classes + 1
+        regression = torch.gather(outputs["box_regression"], 1, location[..., None].expand(-1, -1, 4))  # (B, k, 4)
+        location = location.reshape(-1)  # (B k,)
+        boxes = self.decode(regression.reshape(-1, 4), grid.points[location], grid.strides[location])  # (B k, 4)
+        boxes = clip_boxes_to_image(boxes, outputs["image_size"])
+        top, label = top.reshape(-1), label.reshape(-1)
+        image = torch.arange(batch, device=top.device)[:, None].expand(-1, k).reshape(-1)
+        width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        keep = torch.where((top > self.score_thresh) & (width >= MIN_SIZE) & (height >= MIN_SIZE))[0]
+        boxes, top, label, image = boxes[keep], top[keep], label[keep], image[keep]
+        keep = batched_nms(boxes, top, image * (classes + 1) + label, self.nms_thresh)
+        return {"boxes": boxes[keep], "scores": top[keep], "labels": label[keep], "batch_index": image[keep]}
+
+    def from_postprocessed(self, result: dict[str, torch.Tensor], batch_size: int | None = None,
+                           **meta: Any) -> Detections:
+        """`postprocess`'s flat detections of ``batch_size`` images -> per image ``{"boxes", "scores",
+        "labels"}``, the best ``max_detections`` first."""
+        if batch_size is None:
+            raise ValueError("YoloHead.from_postprocessed needs batch_size (the number of images): images without "
+                             "detections are not in the flat result")
+        index = result["batch_index"]
+        found = []
+        for image in range(batch_size):
+            rows = torch.where(index == image)[0]
+            rows = rows[result["scores"][rows].argsort(descending=True, stable=True)][:self.max_detections]
+            found.append({k: result[k][rows] for k in ("boxes", "scores", "labels")})
+        return found
