@@ -11,7 +11,7 @@ from torch import nn
 
 from edh.core.model import Model
 from edh.core.spec import TrainSpec
-from edh.train.batch import unpack_batch
+from edh.train.batch import task_targets, unpack_batch
 
 
 def head_losses(model: Model, outputs: dict[str, Any], targets: dict[str, Any]
@@ -25,15 +25,6 @@ def head_losses(model: Model, outputs: dict[str, Any], targets: dict[str, Any]
         per_head[name] = sum(parts.values())
         terms.update({f"{name}/{term}": value.detach() for term, value in parts.items()})
     return per_head, terms
-
-
-def task_targets(model: Model, name: str, head: Any, targets: dict[str, Any]) -> Any:
-    """``head.select_targets`` for the task ``name``, with a message naming the targets there are."""
-    try:
-        return head.select_targets(targets, model.target_key(name))
-    except KeyError as missing:
-        raise KeyError(f"head {name!r} learns from target {missing.args[0]!r}, but the batch only has targets "
-                       f"{sorted(targets)}; set heads.{name}.target to one of them") from None
 
 
 def combine_losses(model: Model, outputs: dict[str, Any], targets: dict[str, Any]

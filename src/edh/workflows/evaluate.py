@@ -27,8 +27,7 @@ def evaluate_run(run: Run, split: str = "test", out_dir: str | Path | None = Non
     from torch.utils.data import DataLoader
 
     from edh.data.base import build_data
-    from edh.train.batch import unpack_batch
-    from edh.train.task import task_targets
+    from edh.train.batch import task_targets, unpack_batch
 
     spec = run.spec
     bundle = build_data(spec.data.name, spec.data.options(), spec.data.seed)
