@@ -59,8 +59,13 @@ def test_decoder_source_without_decoder():
 
 
 def test_model_needs_a_head_or_a_decoder():
-    with pytest.raises(SpecError, match="at least one head or a decoder"):
+    with pytest.raises(SpecError, match="at least one head, or a decoder whose output is the result"):
         edh.build(encoder="test_resnet")
+    with pytest.raises(SpecError, match="the decoder 'transformer' needs a head"):  # a step decoder has no objective
+        edh.build(encoder={"name": "transformer", "vocab_size": 50, "preset": "tiny"},
+                  decoder={"name": "transformer", "vocab_size": 50, "preset": "tiny"})
+    denoiser = edh.build(encoder="test_resnet", decoder="fpn")  # any other decoder: scored by reconstruction
+    assert set(denoiser.tasks()) == {"decoder"} and not len(denoiser.heads)
 
 
 def test_wrong_channel_count_at_predict_time():

@@ -72,12 +72,8 @@ class Model(nn.Module):
         for name, head_spec in spec.heads.items():
             self._attach_head(name, head_spec)
         self.__dict__["_objective"] = None  # a model without heads: its decoder's objective (`tasks`)
-        if not self.heads and (self.decoder is None or self.decoder.objective() is None):
-            decoder = f"the decoder {spec.decoder.name!r} states no objective" if self.decoder is not None else "no decoder"
-            raise SpecError(
-                f"a model needs at least one head or a decoder whose output is the result ({decoder}): add "
-                "`heads: {label: {type: classification, num_classes: N}}`, or a decoder such as conv_transpose"
-            )
+        if not self.heads:
+            self.__dict__["_objective"] = self._build_objective()
 
     # ---- wiring -------------------------------------------------------------------------------
     @staticmethod
@@ -162,11 +158,26 @@ class Model(nn.Module):
         The objective holds no parameters and is not a role of the model: its role table shows no head."""
         if len(self.heads):
             return dict(self.heads)
-        if self.__dict__["_objective"] is None:
-            head_type, options = self.decoder.objective()
-            self.__dict__["_objective"] = build_component("head", head_type, options, "decoder (its objective)",
-                                                          self.decoder.out_spec)
+        if self.__dict__["_objective"] is None:  # every head was removed
+            self.__dict__["_objective"] = self._build_objective()
         return {"decoder": self.__dict__["_objective"]}
+
+    def _build_objective(self) -> nn.Module:
+        from edh.core import registry
+
+        objective = self.decoder.objective() if self.decoder is not None else None
+        if objective is None:
+            reason = (f"the decoder {self.spec.decoder.name!r} needs a head" if self.decoder is not None
+                      else "it has no decoder")
+            raise SpecError(
+                f"a model needs at least one head, or a decoder whose output is the result ({reason}): add "
+                "`heads: {label: {type: classification, num_classes: N}}`, or a decoder such as conv_transpose"
+            )
+        head_type, options = objective
+        builder = registry.lookup("head", head_type, "decoder (its objective)")
+        self._check_kind("objective", head_type, declared(builder, "accepts"), "decoder", self.spec.decoder.name,
+                         self.decoder.out_spec)
+        return build_component("head", head_type, options, "decoder (its objective)", self.decoder.out_spec)
 
     def target_key(self, task: str) -> str:
         """The batch target a task learns from: its spec's ``target``, else its name."""

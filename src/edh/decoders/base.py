@@ -42,9 +42,9 @@ class Decoder(nn.Module):
 
     def objective(self) -> tuple[str, dict[str, Any]] | None:
         """How this decoder's output is scored when the model has no heads (its output *is* the
-        result, as an autoencoder's): a registered head type and its options, e.g.
-        ``("reconstruction", {"loss": "mse"})``. None (the default): this decoder needs a head."""
-        return None
+        result, as an autoencoder's or a denoiser's): a registered head type and its options.
+        Default: ``("reconstruction", {})``, MSE against the input; None: this decoder needs a head."""
+        return "reconstruction", {}
 
     def sample(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``count`` outputs drawn from the decoder's prior (decoders with ``can_sample``)."""
@@ -113,6 +113,10 @@ class StepDecoder(Decoder):
     export_axes: dict[str, dict[int, str]] = {}
 
     # ---- eager generation ---------------------------------------------------------------------------
+    def objective(self) -> None:
+        """A generating decoder's output is scored by a head (``lm``): it has no objective of its own."""
+        return None
+
     def init_cache(self, memory: Any, max_new_tokens: int, beam_size: int = 1) -> StepCache:  # pragma: no cover
         """A cache for ``max_new_tokens`` positions of every row (``beam_size`` rows per source, the
         beams of one source next to each other). Calls `check_length`."""

@@ -17,15 +17,11 @@ import torch
 from edh.data.base import DataInfo
 from edh.utils.io import WeightsFileError, atomic_write_text, load_tensors, save_tensors
 from edh.core.spec import RunSpec, parse_run_spec, read_yaml, to_yaml
-from edh.core.errors import SpecError
+from edh.core.errors import RunFolderError, SpecError
 from edh.version import __version__
 
 SPEC_FILE, DATA_FILE, WEIGHTS_FILE, METRICS_FILE, CURVES_FILE, CKPT_FILE = (
     "spec.yaml", "data.json", "model.safetensors", "metrics.csv", "curves.png", "last.ckpt")
-
-
-class RunFolderError(FileNotFoundError):
-    """A run folder that lacks what a command needs; the message lists the missing files."""
 
 
 def write_spec(run_dir: Path, spec: RunSpec, info: DataInfo) -> None:
