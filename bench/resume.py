@@ -1,6 +1,6 @@
 """An uninterrupted run vs the same run SIGKILLed mid-epoch and resumed with ``edh train --resume``.
 
-Run: ``python bench/resume.py [--spec RUN.yaml] [--kills N] [--seed S] [--out FOLDER]``.
+Run: ``python bench/resume.py [--spec RUN.yaml] [--kills N] [--seed S] [--out FOLDER] [--devices N]``.
 
 Both runs use ``train.deterministic: true``. The default spec is a small conv classifier on the
 digits with random augmentation and dropout (so the checkpointed RNG states and the per-sample
@@ -8,6 +8,10 @@ augmentation seeds matter), checkpointing every 5 optimizer steps. The interrupt
 ``--kills`` times, each at a random moment after a new checkpoint appeared, and resumed each time.
 Prints each run's final validation metrics, the test metrics from ``edh eval``, and the largest
 weight difference; results also go to ``bench/results/resume.json``.
+
+``--devices N`` (N > 1) trains both runs with DDP over N CPU processes (``data.batch_size`` divided by
+N): a run resumed mid-epoch continues the sharded epoch where it stopped. Each run is started in its
+own process group and the whole group is killed, so no DDP process outlives its launcher.
 """
 
 from __future__ import annotations
@@ -58,9 +62,13 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=2, help="how many times the second run is killed")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random kill moments")
     parser.add_argument("--out", help="keep the two run folders here (default: a temporary folder)")
+    parser.add_argument("--devices", type=int, default=1, help="DDP over this many CPU processes (default 1)")
     args = parser.parse_args()
     spec = yaml.safe_load(Path(args.spec).read_text()) if args.spec else DEFAULT_SPEC
     spec.setdefault("train", {})["deterministic"] = True
+    if args.devices > 1:
+        spec.setdefault("trainer", {}).update(accelerator="cpu", devices=args.devices, strategy="ddp")
+        spec["data"]["batch_size"] = max(1, spec["data"].get("batch_size", 64) // args.devices)
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.out or tmp)
@@ -75,7 +83,8 @@ def main() -> None:
         command = [*EDH, "train", str(spec_file), "--out", str(cut), "--force"]
         for _ in range(args.kills):
             seen = checkpoint_step(cut / "last.ckpt") if (cut / "last.ckpt").exists() else -1
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       start_new_session=True)  # its own group: DDP processes die with it
             deadline = time.time() + 600
             while time.time() < deadline and process.poll() is None:
                 if (cut / "last.ckpt").exists() and checkpoint_step(cut / "last.ckpt") > seen:
@@ -85,8 +94,9 @@ def main() -> None:
             if process.poll() is not None:
                 print("the run finished before it was killed; use a longer spec or fewer --kills")
                 break
-            os.kill(process.pid, signal.SIGKILL)
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+            time.sleep(0.5)  # the group's other processes (DDP) end too; the folder's lock goes with them
             kills.append(checkpoint_step(cut / "last.ckpt"))
             command = [*EDH, "train", "--resume", str(cut)]
         subprocess.run(command, check=True, capture_output=True)

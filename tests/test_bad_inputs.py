@@ -70,7 +70,7 @@ def test_nan_error_is_one_clear_line_on_the_command_line(tmp_path, cli, capsys, 
     monkeypatch.setattr(runner, "train_run", diverge)
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(tiny_run_spec()))
-    assert cli(["train", str(path), "--out", str(tmp_path / "run")]) == 1
+    assert cli(["train", str(path), "--out", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err
     assert "edh train: error: training loss became nan" in error and "Traceback" not in error
 
@@ -206,7 +206,7 @@ def test_a_broken_file_inside_a_dataset_is_named_not_skipped(tmp_path):
 @pytest.mark.parametrize("edit, message", [
     (lambda s: s["train"].update(epohcs=3), r"train\.epohcs: unknown key"),
     (lambda s: s["data"].update(batch_size="big"), r"data\.batch_size: .*integer.*'big'"),
-    (lambda s: s["train"].update(epochs=-1), r"train\.epochs: .*greater than 0"),
+    (lambda s: s["train"].update(epochs=-1), r"train\.epochs: -1 is out of range; allowed: 1 to 1000000"),
     (lambda s: s["model"]["encoder"].update(name="convv"), r"convv.*conv"),
     (lambda s: s["model"]["encoder"].update(chanels=[8]), r"chanels"),
     (lambda s: s.update(edh_version="99.0.0"), r"written by edh 99\.0\.0, newer than the installed edh"),
@@ -218,7 +218,7 @@ def test_bad_specs_are_errors_that_name_the_key(tmp_path, cli, capsys, edit, mes
     edit(spec)
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
-    assert cli(["train", str(path), "--out", str(tmp_path / "run")]) == 1
+    assert cli(["train", str(path), "--out", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err
     assert re.search(message, error, re.S) and "Traceback" not in error, error
 
@@ -232,7 +232,7 @@ def test_a_run_folder_from_a_newer_edh_is_refused(tmp_path, cli, capsys):
     saved["edh_version"] = "99.1.0"
     (run.path / "spec.yaml").write_text(yaml.safe_dump(saved))
     for command in (["eval", str(run.path)], ["export", str(run.path)], ["predict", str(run.path), "x.png"]):
-        assert cli(command) == 1
+        assert cli(command) == 2
         error = capsys.readouterr().err
         assert "spec.yaml" in error and "written by edh 99.1.0" in error and "upgrade edh" in error
 

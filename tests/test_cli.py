@@ -67,7 +67,7 @@ def test_train_writes_a_complete_run_folder(trained_run):
 def test_train_refuses_to_overwrite(trained_run):
     tmp_path, run_dir = trained_run
     result = edh("train", tmp_path / "tiny.yaml", "--out", run_dir, check=False)
-    assert result.returncode == 1 and "already holds a run" in result.stderr and "--resume" in result.stderr
+    assert result.returncode == 2 and "already holds a run" in result.stderr and "--resume" in result.stderr
 
 
 def test_eval_prints_metrics_and_writes_confusion_matrix(trained_run):
@@ -103,7 +103,7 @@ def test_predict_unreadable_image_names_the_file(trained_run):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
     result = edh("predict", run_dir, bad, check=False)
-    assert result.returncode == 1 and "bad.png" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "bad.png" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_describe_run_and_spec(trained_run, tmp_path):
@@ -126,7 +126,7 @@ def test_list_shows_what_fits(tmp_path):
 def test_run_folder_with_missing_files(tmp_path):
     (tmp_path / "spec.yaml").write_text("x: 1")
     result = edh("eval", tmp_path, check=False)
-    assert result.returncode == 1 and "missing data.json, model.safetensors" in result.stderr
+    assert result.returncode == 2 and "missing data.json, model.safetensors" in result.stderr
 
 
 def test_light_commands_do_not_import_lightning(trained_run):

@@ -71,7 +71,7 @@ def test_strict_rejects_bad_annotations(tmp_path):
     folder, path = write_coco(tmp_path, bad=True)
     with pytest.raises(CocoAnnotationError, match="5 bad annotations") as error:
         build_data("coco", {"images": str(folder), "annotations": str(path), "strict": True}, seed=0)
-    assert "annotation 902 (image 100)" in str(error.value)
+    assert "annotation 902 (image 100, scene_0.png)" in str(error.value)
 
 
 def test_missing_files_are_named(tmp_path):

@@ -103,10 +103,10 @@ def test_finetune_replaces_a_head_and_keeps_the_encoder(digits_run):
 def test_finetune_errors(digits_run):
     result = run_edh("finetune", digits_run / "run", "--replace-head", "nope:classification", "--out",
                      digits_run / "x", check=False)
-    assert result.returncode == 1 and "no head 'nope'" in result.stderr and "--add-head" in result.stderr
+    assert result.returncode == 2 and "no head 'nope'" in result.stderr and "--add-head" in result.stderr
     result = run_edh("finetune", digits_run / "run", "--add-head", "size:regression", "--out", digits_run / "x",
                      check=False)
-    assert result.returncode == 1 and "learns from target 'size'" in result.stderr and "label" in result.stderr
+    assert result.returncode == 2 and "learns from target 'size'" in result.stderr and "label" in result.stderr
 
 
 def test_embed_writes_pooled_features(digits_run, tmp_path):
@@ -116,13 +116,13 @@ def test_embed_writes_pooled_features(digits_run, tmp_path):
     features = np.load(out)
     assert features.shape == (2, 8) and np.allclose(features[0], features[1])
     result = run_edh("embed", digits_run / "run", png, "--role", "decoder", "--out", out, check=False)
-    assert result.returncode == 1 and "no decoder" in result.stderr
+    assert result.returncode == 2 and "no decoder" in result.stderr
 
 
 def test_predict_keeps_only_the_named_heads(digits_run, tmp_path):
     png = _digit_png(tmp_path)
     result = run_edh("predict", digits_run / "run", png, "--heads", "nope", check=False)
-    assert result.returncode == 1 and "no head named nope" in result.stderr
+    assert result.returncode == 2 and "no head named nope" in result.stderr
 
 
 @pytest.mark.parametrize("suffix", [".png", ".svg"])

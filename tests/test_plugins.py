@@ -140,7 +140,7 @@ def test_command_line_reports_a_broken_plugin_in_one_paragraph(tmp_path):
     make_plugin(tmp_path, "edh-plugin-broken", "[edh.datasets]\nbroken = edh_plugin_broken_data\n",
                 {"edh_plugin_broken_data.py": "raise RuntimeError('the plug-in is broken on purpose')\n"})
     result = edh("list", "datasets", env=_env(tmp_path), check=False)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("edh list: error: plug-in entry point 'broken'")
     assert "edh-plugin-broken" in result.stderr and "RuntimeError: the plug-in is broken on purpose" in result.stderr
     assert "Traceback" not in result.stderr

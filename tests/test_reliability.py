@@ -206,7 +206,7 @@ def test_resume_refuses_a_checkpoint_that_carries_code(run_folder, tmp_path, cli
     marker = tmp_path / "pwned"
     with open(run_folder / "last.ckpt", "wb") as handle:
         pickle.dump({"state_dict": {"model.x": _Payload(str(marker))}, "epoch": 0}, handle)
-    assert cli(["train", "--resume", str(run_folder)]) == 1
+    assert cli(["train", "--resume", str(run_folder)]) == 2
     error = capsys.readouterr().err
     assert "refusing to load" in error and "last.ckpt" in error and "Traceback" not in error
     assert not marker.exists()
@@ -234,7 +234,7 @@ def test_eval_names_the_file_and_tensor_of_broken_weights(run_folder, cli, capsy
     else:
         del state["heads.label.fc.bias"]
         save_tensors(path, state)
-    assert cli(["eval", str(run_folder)]) == 1
+    assert cli(["eval", str(run_folder)]) == 2
     import re
 
     error = capsys.readouterr().err
@@ -329,7 +329,7 @@ def test_starting_over_in_a_run_folder_leaves_no_stale_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     train_run(parse_run_spec(tiny_run_spec(epochs=1)), run_dir, max_steps=2)
     first = (run_dir / "last.ckpt").read_bytes()
-    train_run(parse_run_spec(tiny_run_spec(epochs=1, seed=1)), run_dir, max_steps=3)  # what `--force` does
+    train_run(parse_run_spec(tiny_run_spec(epochs=1, seed=1)), run_dir, max_steps=3, force=True)  # `--force`
     assert sorted(p.name for p in run_dir.glob("*.ckpt")) == ["last.ckpt"]  # no last-v1.ckpt beside a stale one
     assert (run_dir / "last.ckpt").read_bytes() != first
     assert torch.load(run_dir / "last.ckpt", weights_only=True)["global_step"] == 3

@@ -71,7 +71,7 @@ def test_translate_and_predict_text(run_dir, tmp_path):
     assert lines[-1] == "" and len(lines) == 4 and lines[1] == "" and lines[0]  # one line per input line
     assert "wrote 3 translations" in result.stdout
     missing = edh("translate", run_dir, "--input", tmp_path / "nope.txt", check=False)
-    assert missing.returncode == 1 and "nope.txt" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 2 and "nope.txt" in missing.stderr and "Traceback" not in missing.stderr
 
 
 @pytest.mark.slow

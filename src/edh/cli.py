@@ -4,9 +4,11 @@ dependencies only when it runs, so ``edh --help`` stays fast and only ``train`` 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
+import traceback
 import warnings
 
 from edh.commands import COMMANDS
@@ -29,7 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERROR_EXIT = 2  # a user error: one paragraph (what, where, how to fix); `-v` adds the traceback
+INTERRUPT_EXIT = 130  # Ctrl-C (128 + SIGINT, as the shell reports it); SIGTERM during training: 143
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done; 2 a user error (the message says what, where and how to
+    fix it; also for bad arguments); 130 Ctrl-C (143 SIGTERM during training), with where training
+    stopped and how to resume; 1 an internal error (a bug: its traceback is shown)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
@@ -38,14 +47,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        if args.verbose:
+            traceback.print_exc()
+        message = str(error) if error.args else "interrupted"
+        print(f"edh {args.command}: {message}", file=sys.stderr)
+        return int(getattr(error, "exit_code", INTERRUPT_EXIT))
     except Exception as error:  # a user error: one clear paragraph, no traceback unless --verbose
-        if args.verbose or not _is_user_error(error):
+        if not _is_user_error(error):
             raise
-        print(f"edh {args.command}: error: {error}", file=sys.stderr)
-        return 1
+        if args.verbose:
+            traceback.print_exc()
+        print(f"edh {args.command}: error: {user_message(error)}", file=sys.stderr)
+        return USER_ERROR_EXIT
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -59,9 +73,34 @@ def _setup_logging(verbose: bool) -> None:
     warnings.filterwarnings("ignore", message=".*litlogger.*")
 
 
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC),
+                errno.ENOENT, errno.EEXIST, errno.EISDIR, errno.ENOTDIR}
+
+
 def _is_user_error(error: Exception) -> bool:
-    return isinstance(error, (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError,
-                              FloatingPointError))  # a diverging run: its message says what to change
+    """edh's own errors (`edh.core.errors.EdhError`), the standard ones its checks raise, and what the
+    file system says about the user's paths (permissions, a read-only or full disk, a missing file)."""
+    from edh.core.errors import EdhError
+
+    if isinstance(error, (EdhError, ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError,
+                          FloatingPointError)):  # FloatingPointError: a diverging run, its message says what to change
+        return True
+    return isinstance(error, OSError) and error.errno in _USER_ERRNOS
+
+
+def user_message(error: Exception) -> str:
+    """The paragraph printed for a user error: its message (a bare OSError: what the system said, the
+    file, and what to check)."""
+    from edh.core.errors import EdhError
+
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
+    if isinstance(error, OSError) and not isinstance(error, EdhError) and error.filename and error.strerror:
+        hint = {errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
+                errno.EROFS: "the file system is read-only: write somewhere else",
+                errno.ENOSPC: "the disk is full: free some space"}.get(error.errno, "check the path")
+        return f"{error.strerror}: {error.filename} ({hint})"
+    return str(error)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,40 @@ Modules import nothing heavy at the top."""
 COMMANDS = ["train", "eval", "predict", "describe", "list", "demo", "finetune", "embed", "diagram", "translate", "export"]
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the flag and exits with code 2 otherwise)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (no nan / inf)."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def read_input_lines(path: str) -> list[str]:
+    """The non-empty lines of a ``--input`` file (UTF-8, UTF-16 with a BOM; `edh.data.text.read_lines`)."""
+    from edh.data.text import read_lines
+
+    return [line for line in read_lines(path, "input file") if line.strip()]
+
+
 def console():
     """A rich Console: the terminal's width, or 160 columns when the output is piped to a file."""
     import sys

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from edh.commands import positive_int
+
 NAME = "export"
 HELP = "export a trained run to ONNX (BatchNorm folded, checked against eager PyTorch with onnxruntime)"
 
@@ -9,14 +11,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default: onnx)")
     parser.add_argument("--heads", nargs="+", metavar="HEAD", help="keep only these heads (default: all)")
     parser.add_argument("--out", metavar="FILE", help="the .onnx file (default: RUNDIR/model.onnx)")
-    parser.add_argument("--opset", type=int, help="ONNX opset version (default: 17)")
+    parser.add_argument("--opset", type=positive_int, help="ONNX opset version (default: 17)")
     parser.add_argument("--tolerance", type=float,
                         help="largest allowed max abs diff to eager PyTorch, relative to max(1, |values|) "
                         "(default 1e-4)")
     parser.add_argument("--nms", action="store_true",
                         help="detectors: put score filtering and NMS in the graph (outputs boxes, scores, labels)")
     parser.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm layers instead of folding them")
-    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+    parser.add_argument("--input-size", type=positive_int, nargs=2, metavar=("H", "W"),
                         help="image size to export for (runs whose data keeps each image's own size)")
 
 

@@ -17,13 +17,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr", help="one learning rate, or per role: encoder=1e-4,heads=1e-3")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--out", required=True, help="the new run folder")
-    parser.add_argument("--force", action="store_true", help="overwrite --out if it holds a run")
+    parser.add_argument("--force", action="store_true", help="replace the run in --out if it holds one (kept "
+                                                             "in OUT/.previous until the new run's first checkpoint)")
 
 
 def run(args) -> int:
     from pathlib import Path
 
-    from edh.workflows.run import CKPT_FILE, load_run
+    from edh.workflows.run import load_run
     from edh.core.spec import RunSpec, load_spec, parse_run_spec, to_dict
     from edh.core.errors import SpecError
     from edh.workflows.surgery import parse_head_option
@@ -60,11 +61,11 @@ def run(args) -> int:
         spec["train"]["epochs"] = args.epochs
     new_spec = parse_run_spec(spec, "finetune options")
     out = Path(args.out)
-    if (out / CKPT_FILE).exists() and not args.force:
-        raise FileExistsError(f"{out} already holds a run; pick another --out or pass --force")
     from edh.train.runner import train_run
 
-    result = train_run(new_spec, out, init_from=source.model)
+    # a folder that holds a run is refused without --force; with it, the old run is kept until the new
+    # one's first checkpoint (edh.train.runner.train_run)
+    result = train_run(new_spec, out, init_from=source.model, force=args.force, source=args.spec)
     print(f"run folder: {result.path}")
     return 0
 

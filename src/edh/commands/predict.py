@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from edh.commands import add_speed_arguments, apply_speed_arguments
+from edh.commands import add_speed_arguments, apply_speed_arguments, positive_int, read_input_lines
 
 NAME = "predict"
 HELP = "predict with a trained run: every head's answer for images or sentences (heads that draw write into --out)"
@@ -10,8 +10,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("run_dir", metavar="RUNDIR")
     parser.add_argument("images", nargs="*", help="image files (text runs: sentences)")
     parser.add_argument("--input", help="text runs: a file with one sentence per line")
-    parser.add_argument("--beam", type=int, help="text runs: beam size (1 = greedy; default: the run's)")
-    parser.add_argument("--top-k", type=int, help="how many classes to show")
+    parser.add_argument("--beam", type=positive_int, help="text runs: beam size (1 = greedy; default: the run's)")
+    parser.add_argument("--top-k", type=positive_int, help="how many classes to show")
     parser.add_argument("--out", help="folder for pictures of the predictions (text runs: the output text file)")
     parser.add_argument("--sample", type=int, metavar="N",
                         help="variational autoencoders: draw N images from the prior into --out/samples.png")
@@ -21,6 +21,9 @@ def add_arguments(parser) -> None:
                         help="run the eager model (torch) or the exported ONNX graph (onnxruntime; see edh export)")
     parser.add_argument("--onnx", metavar="FILE", help="the exported graph for --backend onnxruntime "
                         "(default: RUNDIR/model.onnx)")
+    parser.add_argument("--allow-changed-data", action="store_true",
+                        help="predict even when the run's data.json was edited after training (the preprocessing "
+                             "the run was trained with is used, with a warning)")
     add_speed_arguments(parser)
 
 
@@ -52,17 +55,13 @@ def run(args) -> int:
             return 0
     items = list(args.images)
     if args.input:
-        from pathlib import Path
-
-        path = Path(args.input)
-        if not path.is_file():
-            raise FileNotFoundError(f"input file {path} does not exist (expected one input per line)")
-        items += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        items += read_input_lines(args.input)
     if not items:
         raise ValueError("give one or more inputs: edh predict RUNDIR img.png ... (text runs: sentences or --input FILE)")
     if args.heads:
         loaded.model.remove_heads(args.heads)
-    results, written = predict_inputs(loaded, items, args.out, args.top_k)
+    results, written = predict_inputs(loaded, items, args.out, args.top_k,
+                                      allow_changed_data=getattr(args, "allow_changed_data", False))
     for result in results:
         for head, line in result.lines.items():
             print(f"{result.source}\t{head}: {line}")

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from edh.commands import finite_float, positive_int
+
 NAME = "translate"
 HELP = "translate sentences with a trained translation run (greedy or beam search)"
+
 
 
 def add_arguments(parser) -> None:
@@ -9,10 +12,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("sentences", nargs="*", help="sentences to translate (quote each one)")
     parser.add_argument("--input", help="a file with one sentence per line")
     parser.add_argument("--out", help="write the translations here, one per line (default: print them)")
-    parser.add_argument("--beam", type=int, help="beam size; 1 = greedy (default: the run's lm head setting)")
-    parser.add_argument("--length-penalty", type=float, help="beam scores are divided by length ** this")
-    parser.add_argument("--max-new-tokens", type=int, help="longest translation in tokens")
-    parser.add_argument("--batch-size", type=int, default=64, help="sentences decoded together")
+    parser.add_argument("--beam", type=positive_int, help="beam size; 1 = greedy (default: the run's lm head setting)")
+    parser.add_argument("--length-penalty", type=finite_float, help="beam scores are divided by length ** this")
+    parser.add_argument("--max-new-tokens", type=positive_int, help="longest translation in tokens")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="sentences decoded together")
 
 
 def run(args) -> int:

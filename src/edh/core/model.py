@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from edh.core.builder import build_component, declared
+from edh.core.builder import build_component
+from edh.core.registry import declared
 from edh.core.features import FeatureSpec
 from edh.core.spec import HeadSpec, ModelSpec, parse_model_spec
 from edh.core.errors import SpecError
@@ -190,7 +191,8 @@ class Model(nn.Module):
 
     def bind_data(self, info: Any) -> "Model":
         """Give every task the run's data description (`Head.bind_data`); called by the workflows."""
-        for head in self.tasks().values():
+        for name, head in self.tasks().items():
+            head.target_key = self.target_key(name)  # which of the data's targets it learns from
             head.bind_data(info)
         return self
 

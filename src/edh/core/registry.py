@@ -126,11 +126,34 @@ def register_dataset(name: str):
     return _register("dataset", name)
 
 
+# What a builder declares when it does not say: a builder may be a class (which inherits the role
+# base's attributes) or a function such as ``resnet18``.
+DECLARED_DEFAULTS: dict[str, Any] = {"accepts": ("pyramid",), "produces": "pyramid", "model_option": None}
+
+
+def declared(builder: Any, attribute: str) -> Any:
+    """What a registered builder declares (`DECLARED_DEFAULTS` when it states nothing):
+
+    - ``accepts`` / ``produces``: the `FeatureSpec` kinds it reads and gives;
+    - ``model_option``: the option that a name ``<registered name>:<model>`` fills with ``<model>``
+      (the ``timm`` encoder: ``timm:convnext_tiny`` sets ``model_name``), or None.
+    """
+    return getattr(builder, attribute, DECLARED_DEFAULTS[attribute])
+
+
+def family(role: str, name: str) -> tuple[str, str | None]:
+    """``("timm", "convnext_tiny")`` for ``timm:convnext_tiny`` when the builder registered as ``timm``
+    takes model names (``model_option``); ``(name, None)`` otherwise."""
+    base, sep, model = name.partition(":")
+    if sep and base in _REGISTRY[role] and declared(_REGISTRY[role][base], "model_option"):
+        return base, model
+    return name, None
+
+
 def owner(role: str, name: str) -> str:
     """The distribution that registered ``name`` (``edh`` for a built-in)."""
     _ensure_loaded(role)
-    if role == "encoder" and name.startswith("timm:"):
-        name = "timm"
+    name, _ = family(role, name)
     if name not in _REGISTRY[role]:
         lookup(role, name)  # raises the usual UnknownComponentError
     return _owner_of(role, name)
@@ -231,12 +254,12 @@ def names(role: str) -> list[str]:
 def lookup(role: str, name: str, where: str = "") -> Callable[..., Any]:
     """The builder registered as ``name``; an `UnknownComponentError` listing close matches if none.
 
-    ``timm:<model>`` encoders are resolved by the timm encoder builder.
+    ``<family>:<model>`` names (``timm:convnext_tiny``) are resolved by the builder registered as
+    ``<family>`` when it declares a ``model_option`` (see `family`).
     """
     _ensure_loaded(role)
     table = _REGISTRY[role]
-    if role == "encoder" and name.startswith("timm:"):
-        return table["timm"]
+    name, _ = family(role, name)
     if name in table:
         return table[name]
     close = difflib.get_close_matches(name, table, n=5, cutoff=0.5)

@@ -3,27 +3,92 @@
 A model spec is ``{encoder: {name, ...}, decoder: {name, ...} | null, heads: {name: {type, ...}}}``.
 A run spec adds ``data``, ``train`` and ``trainer``. Options beside ``name`` / ``type`` go to the
 component's builder and are checked against its signature when the model is built.
+
+Every number has a range, and a value outside it is a `SpecError` naming the key path, the value and
+the range: `SPEC_RANGES` for the spec's own numbers (``train.lr``, ``data.batch_size``, a head's
+``weight``...), `edh.core.builder.OPTION_RANGES` for component and dataset options (checked when the
+spec is parsed, with ``model.`` key paths, and again when the component is built). Assigning a
+``train`` / ``data`` field validates it the same way.
+
+YAML is read through `SpecLoader` only (`read_yaml`, `load_yaml_text`): a spec file over
+`MAX_SPEC_BYTES`, that is not a regular file or not UTF-8, nested deeper than `MAX_YAML_DEPTH`, whose
+aliases expand past `MAX_YAML_NODES` values (a "billion laughs" bomb), with a recursive alias or a
+key given twice is a `SpecError` naming the file, before anything is expanded.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import stat
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
+from edh.core.builder import SEED, Range
 from edh.core.errors import SpecError
 from edh.version import __version__
 
 ROLE_NAMES = ("encoder", "decoder", "heads")
 
+# The allowed range of every number a spec states itself (component options: `edh.core.builder`).
+# Keys are key paths; ``heads.*`` stands for any head.
+SPEC_RANGES: dict[str, Range] = {
+    "train.epochs": Range(ge=1, le=1_000_000),
+    "train.lr": Range(gt=0, le=10),
+    "train.weight_decay": Range(ge=0, le=10),
+    "train.momentum": Range(ge=0, lt=1),
+    "train.warmup_epochs": Range(ge=0, le=1_000_000),
+    "train.seed": SEED,
+    "train.grad_clip": Range(gt=0, le=1_000_000),
+    "train.checkpoint_every_n_steps": Range(ge=1, le=1_000_000_000),
+    "data.batch_size": Range(ge=1, le=65536),
+    "data.num_workers": Range(ge=0, le=256),
+    "data.seed": SEED,
+    "heads.*.weight": Range(ge=0, le=1_000_000),
+}
 
+
+def _not_bool(allowed: Range, value: Any) -> Any:
+    if isinstance(value, bool):  # YAML's yes / true would pass as 1
+        raise PydanticCustomError("bool_not_number", "{value} is a boolean, not a number; allowed: {allowed}",
+                                  {"value": repr(value), "allowed": str(allowed)})
+    return value
+
+
+def _within(allowed: Range, value: Any) -> Any:
+    if value is not None and value not in allowed:
+        raise PydanticCustomError("out_of_range", "{value} is out of range; allowed: {allowed}",
+                                  {"value": repr(value), "allowed": str(allowed)})
+    return value
+
+
+def _bounded(kind: Any, key: str) -> Any:
+    """``kind`` limited to ``SPEC_RANGES[key]`` (booleans refused), with edh's out-of-range message."""
+    allowed = SPEC_RANGES[key]
+    return Annotated[kind, BeforeValidator(partial(_not_bool, allowed)), AfterValidator(partial(_within, allowed))]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class _Assignable:
+    """Assigning a field (``spec.train.epochs = 5``) validates it like the YAML would, as a `SpecError`
+    naming ``_path`` + the key."""
+
+    _path: ClassVar[str] = ""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as error:
+            raise SpecError(_format_errors(error, self._path, "")) from None
 
 
 class ComponentSpec(BaseModel):
@@ -43,10 +108,10 @@ class HeadSpec(BaseModel):
     key of the batch's targets this head learns from (defaults to the head's name).
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     type: str
     source: str = "encoder"
-    weight: float = 1.0
+    weight: _bounded(float, "heads.*.weight") = 1.0
     target: str | None = None
 
     @field_validator("source")
@@ -67,46 +132,94 @@ class ModelSpec(_Strict):
     heads: dict[str, HeadSpec] = Field(default_factory=dict)
 
 
-class DataSpec(BaseModel):
-    """A registered dataset ``name`` and its options (batch size, splits, augmentation...)."""
+class DataSpec(_Assignable, BaseModel):
+    """A registered dataset ``name`` and its options (batch size, splits, augmentation...).
 
-    model_config = ConfigDict(extra="allow")
+    The dataset's own options (``image_size``, ``val_fraction``...) are checked against its builder's
+    signature and `edh.core.builder.OPTION_RANGES` when the spec is parsed and when the data is built."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, validate_assignment=True)
+    _path: ClassVar[str] = "data"
     name: str
-    batch_size: int = Field(64, gt=0)
-    num_workers: int = Field(0, ge=0)
-    seed: int = 0
+    batch_size: _bounded(int, "data.batch_size") = 64
+    num_workers: _bounded(int, "data.num_workers") = 0
+    seed: _bounded(int, "data.seed") = 0
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
 
-class TrainSpec(_Strict):
-    epochs: int = Field(10, gt=0)
+class TrainSpec(_Assignable, _Strict):
+    """How to train. Every number has a range (`SPEC_RANGES`); assigning a field validates it too."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+    _path: ClassVar[str] = "train"
+    epochs: _bounded(int, "train.epochs") = 10
     optimizer: Literal["adamw", "sgd", "adam"] = "adamw"
     lr: float | dict[str, float] = 1e-3
-    weight_decay: float = Field(0.01, ge=0)
-    momentum: float = 0.9
+    weight_decay: _bounded(float, "train.weight_decay") = 0.01
+    momentum: _bounded(float, "train.momentum") = 0.9
     schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0)
+    warmup_epochs: _bounded(float, "train.warmup_epochs") = 0.0
     freeze: list[str] = Field(default_factory=list)
-    seed: int = 0
-    grad_clip: float | None = None
+    seed: _bounded(int, "train.seed") = 0
+    grad_clip: _bounded(float | None, "train.grad_clip") = None
     deterministic: bool = False
     channels_last: bool = False
     compile: bool = False
-    checkpoint_every_n_steps: int | None = None
+    checkpoint_every_n_steps: _bounded(int | None, "train.checkpoint_every_n_steps") = None
     loss_balancing: Literal["fixed", "uncertainty"] = "fixed"
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr_is_a_number(cls, value: Any) -> Any:
+        """One clear message for a bad lr (rather than one per member of ``float | dict``)."""
+        allowed = SPEC_RANGES["train.lr"]
+        for item in (value.values() if isinstance(value, dict) else [value]):
+            _not_bool(allowed, item)
+            if isinstance(item, str):
+                try:
+                    float(item)
+                except ValueError:
+                    raise PydanticCustomError(
+                        "lr_type", "{value} is not a number; give train.lr as a number (0.001) or per role "
+                        "({encoder: 0.0001, heads: 0.001}); allowed: {allowed}",
+                        {"value": repr(item), "allowed": str(allowed)}) from None
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        wrong = [(k, v) for k, v in items if isinstance(v, (int, float)) and v not in allowed]
+        if wrong:
+            shown = ", ".join(repr(v) if k is None else f"{k}: {v!r}" for k, v in wrong)
+            raise PydanticCustomError("out_of_range", "{value} is out of range; allowed: {allowed}",
+                                      {"value": shown, "allowed": str(allowed)})
+        return value
 
     @field_validator("lr")
     @classmethod
     def _check_lr(cls, value: float | dict[str, float]) -> float | dict[str, float]:
+        allowed = SPEC_RANGES["train.lr"]
         if isinstance(value, dict):
             bad = [k for k in value if k.split(".")[0] not in ("encoder", "decoder", "heads", "default")]
             if bad:
                 raise ValueError(
                     f"per-role lr keys must be encoder, decoder, heads, heads.NAME or default; got {bad}"
                 )
+            wrong = {k: v for k, v in value.items() if v not in allowed}
+            if wrong:
+                shown = ", ".join(f"{k}: {v!r}" for k, v in wrong.items())
+                raise PydanticCustomError("out_of_range", "{value} is out of range; allowed: {allowed}",
+                                          {"value": shown, "allowed": str(allowed)})
+        else:
+            _within(allowed, value)
         return value
+
+    @model_validator(mode="after")
+    def _check_warmup(self) -> "TrainSpec":
+        if self.warmup_epochs > self.epochs:
+            raise PydanticCustomError(
+                "warmup_too_long", "warmup_epochs ({warmup}) is longer than epochs ({epochs}): the learning rate "
+                "would never reach train.lr; shorten warmup_epochs or train longer",
+                {"warmup": f"{self.warmup_epochs:g}", "epochs": self.epochs})
+        return self
 
     @field_validator("freeze")
     @classmethod
@@ -143,48 +256,284 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+_OWN_MESSAGES = {"out_of_range", "bool_not_number", "warmup_too_long", "lr_type"}  # they show the value themselves
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",
+                 "int_parsing_size"}
+
+
+def _range_of(path: tuple[Any, ...]) -> Range | None:
+    """`SPEC_RANGES` entry of a key path (``model.heads.NAME.weight`` -> ``heads.*.weight``)."""
+    parts = [str(p) for p in path]
+    if parts[:1] == ["model"]:
+        parts = parts[1:]
+    if len(parts) == 3 and parts[0] == "heads":
+        parts[1] = "*"
+    return SPEC_RANGES.get(".".join(parts))
+
+
 def _format_errors(error: ValidationError, prefix: str, source: str) -> str:
     lines = []
     for item in error.errors():
-        path = ".".join(str(p) for p in (prefix, *item["loc"]) if p != "")
+        loc = tuple(p for p in (prefix, *item["loc"]) if p != "")
+        path = ".".join(str(p) for p in loc)
         message = item["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, "):]
         if item["type"] == "extra_forbidden":
             message = "unknown key (check its spelling; `edh list` shows each component's options)"
         given = item.get("input")
-        shown = "" if item["type"] in ("missing", "extra_forbidden") or isinstance(given, dict) else f" (got {given!r})"
+        allowed = _range_of(loc) if item["type"] in _RANGE_ERRORS else None
+        if allowed is not None:
+            lines.append(f"  {path}: {given!r} is out of range; allowed: {allowed}")
+            continue
+        quiet = item["type"] in ("missing", "extra_forbidden", *_OWN_MESSAGES) or isinstance(given, dict)
+        shown = "" if quiet else f" (got {_short(given)})"
         lines.append(f"  {path}: {message}{shown}")
     where = f" in {source}" if source else ""
     return f"invalid spec{where}:\n" + "\n".join(lines)
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _lookup(role: str, name: Any) -> Any:
+    """The registered builder of ``name``, or None (an unknown name is reported when the model is built,
+    with the close matches)."""
+    if not isinstance(name, str):
+        return None
+    from edh.core import registry
+
+    try:
+        return registry.lookup(role, name)
+    except Exception:  # noqa: BLE001 - unknown names, broken plug-ins: reported when the model is built
+        return None
+
+
+def _option_problems(model: ModelSpec | None, prefix: str, data: DataSpec | None = None) -> list[str]:
+    """Numbers among the component options (and the dataset's) outside their ranges
+    (`edh.core.builder.range_problems`), as key-path lines. Types and names are checked at build time."""
+    from edh.core.builder import range_problems
+
+    lines: list[str] = []
+    if model is not None:
+        lines += range_problems("encoder", model.encoder.options(), f"{prefix}encoder",
+                                _lookup("encoder", model.encoder.name))
+        if model.decoder is not None:
+            lines += range_problems("decoder", model.decoder.options(), f"{prefix}decoder",
+                                    _lookup("decoder", model.decoder.name))
+        for name, head in model.heads.items():
+            lines += range_problems("head", head.options(), f"{prefix}heads.{name}", _lookup("head", head.type))
+    if data is not None:
+        lines += range_problems("dataset", data.options(), "data", _lookup("dataset", data.name))
+    return lines
+
+
+def _raise_problems(lines: list[str], source: str) -> None:
+    if lines:
+        where = f" in {source}" if source else ""
+        raise SpecError(f"invalid spec{where}:\n" + "\n".join(lines))
+
+
 def parse_model_spec(data: dict[str, Any], source: str = "", prefix: str = "") -> ModelSpec:
-    """Validate a model spec; a `SpecError` names each bad key path."""
+    """Validate a model spec; a `SpecError` names each bad key path (numbers out of range included)."""
     if not isinstance(data, dict):
         raise SpecError(f"a model spec{' in ' + source if source else ''} must be a mapping, got {type(data).__name__}")
     try:
-        return ModelSpec.model_validate(data)
+        spec = ModelSpec.model_validate(data)
     except ValidationError as error:
         raise SpecError(_format_errors(error, prefix, source)) from None
+    _raise_problems(_option_problems(spec, f"{prefix}." if prefix else ""), source)
+    return spec
 
 
 def parse_run_spec(data: dict[str, Any], source: str = "") -> RunSpec:
-    """Validate a run spec; a `SpecError` names each bad key path."""
+    """Validate a run spec; a `SpecError` names each bad key path (numbers out of range included)."""
     if not isinstance(data, dict):
         raise SpecError(f"a run spec{' in ' + source if source else ''} must be a mapping, got {type(data).__name__}")
     try:
-        return RunSpec.model_validate(data)
+        spec = RunSpec.model_validate(data)
     except ValidationError as error:
         raise SpecError(_format_errors(error, "", source)) from None
+    _raise_problems(_option_problems(spec.model, "model.", spec.data), source)
+    return spec
+
+
+def override(spec: RunSpec, changes: dict[str, Any], source: str = "the command line") -> RunSpec:
+    """A copy of ``spec`` with ``{"train.epochs": 5, ...}`` set (None values left out), validated as a
+    whole: a `SpecError` naming the key path and ``source``."""
+    data = to_dict(spec)
+    for key, value in changes.items():
+        if value is None:
+            continue
+        *parents, last = key.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return parse_run_spec(data, source)
+
+
+# ---- YAML ---------------------------------------------------------------------------------------------
+MAX_SPEC_BYTES = 1 << 20  # a spec file larger than 1 MiB is refused before it is read
+MAX_YAML_NODES = 200_000  # values after alias expansion (a YAML "billion laughs" expands to billions)
+MAX_YAML_CHARS = 20_000_000  # characters of scalars after alias expansion
+MAX_YAML_DEPTH = 100  # nesting of mappings and lists
+
+
+class _YAMLLimit(Exception):
+    pass
+
+
+class SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses what would blow up after parsing: more than `MAX_YAML_DEPTH`
+    levels of nesting (checked while composing), more than `MAX_YAML_NODES` values or `MAX_YAML_CHARS`
+    characters once aliases are expanded, recursive aliases, and a key given twice in one mapping
+    (YAML would keep the last silently). Counting is done on the composed node graph, where an alias
+    is a reference, so a bomb is refused without being expanded."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self.aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _YAMLLimit(f"it nests mappings / lists more than {MAX_YAML_DEPTH} levels deep "
+                                 f"(line {mark.line + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_graph(root: yaml.Node) -> None:
+    """Expanded size (values, characters), recursion and duplicate keys of a composed YAML document,
+    without expanding it: each node's size is computed once and shared by every alias to it."""
+    sizes: dict[int, tuple[int, int]] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            nodes, chars = 1, len(node.value) if isinstance(node, yaml.ScalarNode) else 0
+            for child in _children(node):
+                child_nodes, child_chars = sizes[id(child)]
+                nodes, chars = nodes + child_nodes, chars + child_chars
+            if nodes > MAX_YAML_NODES or chars > MAX_YAML_CHARS:
+                line = node.start_mark.line + 1
+                raise _YAMLLimit(f"its aliases (*name) expand to more than {MAX_YAML_NODES:,} values or "
+                                 f"{MAX_YAML_CHARS:,} characters (at line {line}; a YAML 'billion laughs' bomb?). "
+                                 "Write the values out, or use fewer aliases")
+            sizes[key] = (nodes, chars)
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise _YAMLLimit(f"an alias at line {node.start_mark.line + 1} refers to a mapping or list that contains "
+                             "it (a recursive alias)")
+        if isinstance(node, yaml.MappingNode):
+            _check_duplicate_keys(node)
+        on_path.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) not in sizes:
+                stack.append((child, False))
+
+
+def _check_duplicate_keys(node: yaml.MappingNode) -> None:
+    seen: dict[tuple[str, str], int] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        line = key_node.start_mark.line + 1
+        ident = (key_node.tag, key_node.value)
+        if ident in seen:
+            raise _YAMLLimit(f"key {key_node.value!r} is given twice in one mapping (lines {seen[ident]} and {line}); "
+                             "YAML would keep only the last. Remove one")
+        seen[ident] = line
+
+
+def load_yaml_text(text: str, source: str = "") -> Any:
+    """YAML text -> Python data through `SpecLoader` (safe tags only, bombs and duplicate keys refused);
+    every problem is a `SpecError` naming ``source`` (a file, or what the text is)."""
+    name = source or "the YAML text"
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError(f"{name} holds {len(text):,} characters, more than a spec may ({MAX_SPEC_BYTES:,})")
+    loader = None
+    try:
+        loader = SpecLoader(text)
+        loader.name = name  # marks in YAML's messages name the file, not "<unicode string>"
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_graph(node)
+        return loader.construct_document(node)
+    except _YAMLLimit as error:
+        raise SpecError(f"refusing to read {name}: {error}") from None
+    except yaml.YAMLError as error:
+        raise SpecError(f"{name} is not valid YAML: {error}") from None
+    except (RecursionError, MemoryError):
+        raise SpecError(f"refusing to read {name}: it is nested too deeply or too large to be a spec") from None
+    except (TypeError, ValueError) as error:  # e.g. a timestamp out of range
+        raise SpecError(f"{name} is not valid YAML: {type(error).__name__}: {error}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def read_spec_text(path: str | Path) -> str:
+    """The text of a spec file: refused (a `SpecError` saying why) when it is missing, a directory, a
+    FIFO or another non-regular file (looked at with ``stat``: never opened), larger than
+    `MAX_SPEC_BYTES` or not UTF-8."""
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise SpecError(f"spec file {path} does not exist") from None
+    except OSError as error:
+        raise SpecError(f"cannot look at spec file {path}: {error.strerror or error}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise SpecError(f"spec file {path} is a directory; give the YAML file (a run folder's is {path}/spec.yaml)")
+    if not stat.S_ISREG(info.st_mode):
+        raise SpecError(f"spec file {path} is not a regular file (a named pipe, socket or device); edh reads "
+                        "specs only from regular files")
+    if info.st_size > MAX_SPEC_BYTES:
+        raise SpecError(f"spec file {path} is {info.st_size:,} bytes, more than a spec may be ({MAX_SPEC_BYTES:,}); "
+                        "is it the right file?")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_SPEC_BYTES + 1)
+    except OSError as error:
+        raise SpecError(f"cannot read spec file {path}: {error.strerror or error}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"spec file {path} is more than {MAX_SPEC_BYTES:,} bytes; is it the right file?")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise SpecError(f"spec file {path} is not UTF-8 text (byte {raw[error.start]:#04x} at offset "
+                        f"{error.start}); save it as UTF-8") from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A spec file's mapping, read with every limit of `read_spec_text` and `load_yaml_text`."""
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"spec file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise SpecError(f"{path} is not valid YAML: {error}") from None
+    data = load_yaml_text(read_spec_text(path), str(path))
     if not isinstance(data, dict):
         raise SpecError(f"{path} must hold a mapping (encoder/heads or model/data/train), not {type(data).__name__}")
     return data
@@ -208,5 +557,5 @@ def to_yaml(spec: BaseModel) -> str:
 
 
 def from_yaml(text: str, kind: type[BaseModel] = ModelSpec) -> BaseModel:
-    data = yaml.safe_load(text)
+    data = load_yaml_text(text)
     return parse_run_spec(data) if kind is RunSpec else parse_model_spec(data)

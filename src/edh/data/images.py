@@ -123,17 +123,44 @@ def fashion_mnist(root: str | None = None, image_size: int | None = None, val_fr
 
 
 class _FileImages(Dataset):
-    def __init__(self, samples: list[tuple[str, int]], in_channels: int, transform) -> None:
+    """``(path, label)`` samples read with `read_image`; ids (`sample_ids`) are paths relative to ``root``."""
+
+    def __init__(self, samples: list[tuple[str, int]], in_channels: int, transform,
+                 root: str | Path | None = None) -> None:
         self.samples, self.in_channels, self.transform = samples, in_channels, transform
+        self.root = Path(root) if root is not None else None
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def sample_ids(self) -> list[str]:
+        from edh.data.fingerprint import relative_id
+
+        return [relative_id(path, self.root) if self.root else Path(path).as_posix() for path, _ in self.samples]
+
     def __getitem__(self, index: int):
+        from edh.data.base import item_error
         from edh.data.files import read_image
 
         path, label = self.samples[index]
-        return self.transform(read_image(path, self.in_channels)), {"label": torch.tensor(label)}
+        try:
+            image = self.transform(read_image(path, self.in_channels))
+        except Exception as error:  # one clear error naming the file, also from a DataLoader worker
+            raise item_error(f"image {path}", error) from None
+        return image, {"label": torch.tensor(label)}
+
+
+def _folder_replay(folder: Path):
+    """`DataBundle.replay` of an image folder: recorded ids ``class/file`` still on disk, labelled by the
+    recorded class order, read with the recorded channels, size and normalisation."""
+
+    def replay(ids: list[str], info: DataInfo) -> _FileImages:
+        index = {name: i for i, name in enumerate(info.class_names)}
+        samples = [(str(folder / i), index[i.split("/", 1)[0]]) for i in ids
+                   if i.split("/", 1)[0] in index and (folder / i).is_file()]
+        return _FileImages(samples, info.in_channels, eval_transform(info.image_size, info.mean, info.std), folder)
+
+    return replay
 
 
 @register_dataset("image-folder")
@@ -142,8 +169,10 @@ def image_folder(root: str, image_size: int = 224, in_channels: int = 3, val_fra
                  std: list[float] | None = None, seed: int = 0) -> DataBundle:
     """A user's images in ``root/<class name>/*.png|jpg|...`` (torchvision's ImageFolder layout).
 
-    Classes are the sub-folder names, sorted. Images are read with PIL, converted to
-    ``in_channels`` (1: grayscale, 3: RGB, 4: RGBA) and resized to ``image_size``.
+    Classes are the sub-folder names, sorted. Images are read with PIL (upright: EXIF orientation
+    applied; see `edh.data.files` for how 16-bit and float images are scaled), converted to
+    ``in_channels`` (1: grayscale, 3: RGB, 4: RGBA) and resized to ``image_size``. The run records
+    each split's files (``data_files.json``), which ``edh eval`` compares with the folder.
     """
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
@@ -167,5 +196,6 @@ def image_folder(root: str, image_size: int = 224, in_channels: int = 3, val_fra
     train_tf = train_transform(info.image_size, info.mean, info.std, augment)
     eval_tf = eval_transform(info.image_size, info.mean, info.std)
     pick = lambda idx: [samples[i] for i in idx]  # noqa: E731
-    return DataBundle(_FileImages(pick(train_idx), in_channels, train_tf), _FileImages(pick(val_idx), in_channels, eval_tf),
-                      _FileImages(pick(test_idx), in_channels, eval_tf), info)
+    return DataBundle(_FileImages(pick(train_idx), in_channels, train_tf, folder),
+                      _FileImages(pick(val_idx), in_channels, eval_tf, folder),
+                      _FileImages(pick(test_idx), in_channels, eval_tf, folder), info, replay=_folder_replay(folder))

@@ -2,9 +2,16 @@
 
 Layout: ``root/images/<name>.<png|jpg|...>`` and ``root/masks/<name>.png`` (same file stem). A
 mask holds one class index per pixel: a grayscale (``L``, 16-bit) or palette (``P``) PNG, read as
-indices, never as colours. Every mask is checked when the dataset is built: a mask missing for
-an image, a mask whose size differs from its image, an RGB mask, or a class id outside
-``0..num_classes-1`` (other than ``ignore_index``) is an error naming the file.
+indices, never as colours. Images and masks are read upright (EXIF orientation applied to both).
+Every mask is checked when the dataset is built; each of these is a `MaskReadError` naming the
+file, the values found and the option to set:
+
+- a mask missing for an image, a mask whose size differs from its image, an RGB mask;
+- a JPEG mask (lossy compression turns 3 class ids into dozens of values);
+- a class id outside ``0..num_classes-1`` (other than ``ignore_index``);
+- with ``num_classes`` left to the data (largest id + 1): a 255 "void" value without
+  ``ignore_index``; ids with gaps (``0, 1, 5``: set ``num_classes`` to accept classes that never
+  occur); more than `MAX_INFERRED_CLASSES` distinct ids (set ``num_classes`` to confirm).
 
 Items: ``(image (C, H, W) float normalised, {"mask": (H, W) int64})``, resized to ``image_size``
 (the mask with nearest-neighbour sampling).
@@ -18,19 +25,28 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from edh.core.errors import DataItemError
 from edh.data.base import DataBundle, DataFilesMissingError, DataInfo, split_indices
+from edh.data.files import ImageReadError, upright_size
 from edh.core.registry import register_dataset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MAX_INFERRED_CLASSES = 64
+"""More distinct mask values than this, with ``num_classes`` left to the data, are refused (photos, artefacts)."""
 
 
-class MaskReadError(ValueError):
+class MaskReadError(DataItemError):
     """A mask that cannot be used; the message names the file and the fix."""
 
 
+def _values(ids) -> str:
+    ids = [int(i) for i in ids]
+    return f"{ids}" if len(ids) <= 12 else f"[{', '.join(map(str, ids[:6]))}, ..., {', '.join(map(str, ids[-3:]))}]"
+
+
 def read_mask(path: str | Path) -> np.ndarray:
-    """A mask file as an ``(H, W)`` int64 array of class indices (palette PNGs give their indices)."""
-    from PIL import Image, UnidentifiedImageError
+    """A mask file as an ``(H, W)`` int64 array of class indices (palette PNGs give their indices), upright."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     try:
@@ -41,17 +57,23 @@ def read_mask(path: str | Path) -> np.ndarray:
                     f"mask {path} is a {mask.mode} image; a mask must hold one class index per pixel. Save it as "
                     "a grayscale (mode L) or palette (mode P) PNG whose pixel values are class ids 0, 1, 2..."
                 )
-            return np.asarray(mask).astype(np.int64)
+            if mask.format == "JPEG" or mask.mode == "F":
+                values = np.unique(np.asarray(mask))
+                what = "a JPEG file: lossy compression changes pixel values" if mask.format == "JPEG" else \
+                    "a float image: class ids are integers"
+                raise MaskReadError(
+                    f"mask {path} is {what} ({values.size} distinct values found: {_values(values)}), so its "
+                    "values are not class ids. Save masks as PNG (mode L or P) whose pixels are class ids 0, 1, 2..."
+                )
+            upright = ImageOps.exif_transpose(mask)
+            return np.asarray(upright if upright is not None else mask).astype(np.int64)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise MaskReadError(f"cannot read mask {path}: {error}. Is it a complete PNG file?") from None
 
 
 def image_size_of(path: Path) -> tuple[int, int]:
-    """``(H, W)`` of an image file from its header."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.height, image.width
+    """``(H, W)`` of an image file as it is read (EXIF orientation applied), from its header."""
+    return upright_size(path)
 
 
 def pair_files(root: Path, images: str = "images", masks: str = "masks") -> list[tuple[Path, Path]]:
@@ -79,18 +101,33 @@ def pair_files(root: Path, images: str = "images", masks: str = "masks") -> list
 def check_masks(pairs: list[tuple[Path, Path]], num_classes: int | None, ignore_index: int | None) -> int:
     """Check every mask against its image and the class range; returns the number of classes.
 
-    With ``num_classes`` unset, it is the largest id found (``ignore_index`` aside) plus one.
+    With ``num_classes`` unset, it is the largest id found (``ignore_index`` aside) plus one, and the
+    ids must look like class ids: no 255 without ``ignore_index``, no gaps, at most
+    `MAX_INFERRED_CLASSES` of them (each refused with the values found and the option to set).
     """
     largest = 0
+    where: dict[int, Path] = {}  # each id found -> the first mask holding it
     for image_path, mask_path in pairs:
         mask = read_mask(mask_path)
-        size = image_size_of(image_path)
+        try:
+            size = image_size_of(image_path)
+        except Exception as error:  # PIL's errors (unreadable, not an image): name the file
+            raise ImageReadError(f"cannot read image {image_path}: {error}. Is it a PNG/JPEG/BMP/TIFF file, "
+                                 "and complete?") from None
         if mask.shape != size:
             raise MaskReadError(
                 f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {image_path} is "
                 f"{size[1]}x{size[0]}; a mask must have exactly its image's size"
             )
         ids = np.unique(mask)
+        for value in ids.tolist():
+            where.setdefault(int(value), mask_path)
+        if ignore_index is None and num_classes is None and 255 in ids:
+            raise MaskReadError(
+                f"mask {mask_path} holds the values {_values(ids)} and data.ignore_index is not set: 255 usually marks "
+                "'void' pixels (boundaries, unlabelled). Set data.ignore_index: 255 to leave them out of loss and "
+                "metrics, or set data.num_classes (256 if 255 really is a class)"
+            )
         if ignore_index is not None:
             ids = ids[ids != ignore_index]
         if ids.size and ids.min() < 0:
@@ -103,7 +140,31 @@ def check_masks(pairs: list[tuple[Path, Path]], num_classes: int | None, ignore_
                 f"{num_classes}). Fix the mask or raise data.num_classes{hint}"
             )
         largest = max(largest, int(ids.max()) if ids.size else 0)
-    return num_classes if num_classes is not None else largest + 1
+    if num_classes is not None:
+        return num_classes
+    found = sorted(v for v in where if v != ignore_index)
+    if len(found) > MAX_INFERRED_CLASSES:
+        raise MaskReadError(
+            f"the masks hold {len(found)} distinct values ({_values(found)}; e.g. {where[found[-1]]} holds "
+            f"{found[-1]}): that looks like an image or compression artefacts, not class ids. Save masks as PNG "
+            f"whose pixels are class ids, or, if there really are {largest + 1} classes, set data.num_classes: "
+            f"{largest + 1}"
+        )
+    if not found:
+        raise MaskReadError(
+            f"every mask pixel is the ignore_index {ignore_index} (e.g. {next(iter(where.values()), 'the masks')}): "
+            "there is no class to learn. Check data.ignore_index, or give masks whose pixels are class ids"
+        )
+    gaps = sorted(set(range(largest + 1)) - set(found))
+    if gaps:
+        first = next(v for v in found if v > gaps[0])
+        raise MaskReadError(
+            f"the masks hold values {_values(found)}, with gaps: {_values(gaps)} never occur (e.g. {where[first]} "
+            f"holds {first}), so they do not look like class ids 0..{largest}. Remap the masks to consecutive ids, "
+            f"set data.num_classes: {largest + 1} to accept classes that never occur, or set data.ignore_index "
+            "for a 'void' value"
+        )
+    return largest + 1
 
 
 class ImageMaskDataset(Dataset):
@@ -113,27 +174,56 @@ class ImageMaskDataset(Dataset):
         pairs: ``(image path, mask path)``.
         in_channels: channels the images are read as (1, 3 or 4).
         transform: a torchvision ``v2`` transform taking ``(tv_tensors.Image, tv_tensors.Mask)``.
+        root: the dataset's folder; sample ids (`sample_ids`) are the image paths relative to it.
     """
 
-    def __init__(self, pairs: list[tuple[Path, Path]], in_channels: int, transform) -> None:
-        self.pairs, self.in_channels, self.transform = pairs, in_channels, transform
+    def __init__(self, pairs: list[tuple[Path, Path]], in_channels: int, transform, root: Path | None = None) -> None:
+        self.pairs, self.in_channels, self.transform, self.root = pairs, in_channels, transform, root
 
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def sample_ids(self) -> list[str]:
+        from edh.data.fingerprint import relative_id
+
+        return [relative_id(image, self.root) if self.root else Path(image).as_posix() for image, _ in self.pairs]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         from torchvision import tv_tensors
 
+        from edh.data.base import item_error
         from edh.data.files import read_image
 
         image_path, mask_path = self.pairs[index]
-        image = tv_tensors.Image(read_image(image_path, self.in_channels))
-        mask = tv_tensors.Mask(torch.from_numpy(read_mask(mask_path)))
-        image, mask = self.transform(image, mask)
+        try:
+            image = tv_tensors.Image(read_image(image_path, self.in_channels))
+            mask = tv_tensors.Mask(torch.from_numpy(read_mask(mask_path)))
+            image, mask = self.transform(image, mask)
+        except Exception as error:  # one clear error naming the files, also from a DataLoader worker
+            raise item_error(f"image {image_path} with mask {mask_path}", error) from None
         return image.as_subclass(torch.Tensor), {"mask": mask.as_subclass(torch.Tensor).long()}
 
 
-def joint_transform(image_size: int | None, mean: tuple[float, ...], std: tuple[float, ...], augment: str):
+def _masks_replay(root: Path, images: str, masks: str, ignore_index: int | None):
+    """`DataBundle.replay` of image-masks: the recorded images still on disk (with their masks, checked
+    against the recorded number of classes), read with the recorded channels, size and normalisation."""
+
+    def replay(ids: list[str], info: DataInfo) -> ImageMaskDataset:
+        from edh.data.fingerprint import relative_id
+
+        pairs = {relative_id(image, root): (image, mask) for image, mask in pair_files(root, images, masks)}
+        chosen = [pairs[i] for i in ids if i in pairs]
+        names = info.extra.get("mask_class_names") or []
+        if chosen:
+            check_masks(chosen, len(names) or None, ignore_index)
+        transform = joint_transform(info.image_size, info.mean, info.std, "none")
+        return ImageMaskDataset(chosen, info.in_channels, transform, root)
+
+    return replay
+
+
+def joint_transform(image_size: int | tuple[int, int] | None, mean: tuple[float, ...], std: tuple[float, ...],
+                    augment: str):
     """Resize (images bilinear, masks nearest), optional flip (``flip``), normalise the image."""
     from torchvision.transforms import v2
 
@@ -141,7 +231,8 @@ def joint_transform(image_size: int | None, mean: tuple[float, ...], std: tuple[
         raise ValueError(f"data.augment must be none or flip for image-masks, got {augment!r}")
     steps: list = []
     if image_size:
-        steps.append(v2.Resize((image_size, image_size), antialias=True))
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        steps.append(v2.Resize(size, antialias=True))
     if augment == "flip":
         steps.append(v2.RandomHorizontalFlip())
     steps.append(v2.Normalize(list(mean), list(std)))
@@ -186,6 +277,8 @@ def image_masks(root: str, images: str = "images", masks: str = "masks", num_cla
     train_tf = joint_transform(image_size, mean_t, std_t, augment)
     eval_tf = joint_transform(image_size, mean_t, std_t, "none")
     pick = lambda idx: [pairs[i] for i in idx]  # noqa: E731
-    return DataBundle(ImageMaskDataset(pick(train_idx), in_channels, train_tf),
-                      ImageMaskDataset(pick(val_idx), in_channels, eval_tf),
-                      ImageMaskDataset(pick(test_idx), in_channels, eval_tf), info)
+    folder = Path(root)
+    return DataBundle(ImageMaskDataset(pick(train_idx), in_channels, train_tf, folder),
+                      ImageMaskDataset(pick(val_idx), in_channels, eval_tf, folder),
+                      ImageMaskDataset(pick(test_idx), in_channels, eval_tf, folder), info,
+                      replay=_masks_replay(folder, images, masks, ignore_index))

@@ -5,12 +5,20 @@ vocabulary), unless ``tokenizer_file`` names a saved one, and hands it to the ru
 ``tokenizer.json``. Items are ``(source ids (S,), target ids (T,))``: the source ends with
 ``<eos>``, the target is ``<bos> ... <eos>``. `collate_translation` pads a batch into
 ``(source (B, S), {"tokens": next tokens (B, T)}, {"decoder_input": prefix (B, T)})``.
+
+Text files are read by `decode_text` / `read_text_file`: UTF-8 (a leading byte-order mark is removed),
+UTF-16 or UTF-32 with a byte-order mark; CRLF and CR line endings become LF. Anything else is refused
+with a `TextEncodingError` naming the file, the line and byte offset and the fix (re-save as UTF-8):
+bytes that are not UTF-8 (Latin-1, Windows-1252...), NUL bytes (UTF-16 without a byte-order mark, a
+binary file). A file is never half-read and no byte is replaced silently.
 """
 
 from __future__ import annotations
 
+import codecs
 import logging
 import re
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,6 +28,7 @@ from torch.utils.data import Dataset
 
 from edh.data.base import DataBundle, DataFilesMissingError, DataInfo, split_indices
 from edh.data.tokenizer import TextTokenizer
+from edh.core.errors import DataError, EdhError, SpecError
 from edh.core.registry import register_dataset
 
 log = logging.getLogger("edh")
@@ -29,6 +38,133 @@ TOKENIZER_FILE = "tokenizer.json"
 TARGET = "tokens"
 
 Pairs = list[tuple[str, str]]
+
+
+class TextFileMissingError(DataFilesMissingError, EdhError):
+    """A text file a dataset needs is not there (or is a folder); the message names it."""
+
+
+class TextEncodingError(DataError):
+    """A text file that is not UTF-8 (or UTF-16 / UTF-32 with a byte-order mark); the message names the
+    file, the line and byte offset, and says to re-save it as UTF-8."""
+
+
+# ---- reading text files -----------------------------------------------------------------------------
+_BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
+    (codecs.BOM_UTF32_LE, "utf-32-le", "UTF-32 LE (byte-order mark)"),
+    (codecs.BOM_UTF32_BE, "utf-32-be", "UTF-32 BE (byte-order mark)"),
+    (codecs.BOM_UTF8, "utf-8", "UTF-8 with a byte-order mark"),
+    (codecs.BOM_UTF16_LE, "utf-16-le", "UTF-16 LE (byte-order mark)"),
+    (codecs.BOM_UTF16_BE, "utf-16-be", "UTF-16 BE (byte-order mark)"),
+)
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+_EDGES = re.compile(r"^[\s\ufeff]+|[\s\ufeff]+$")  # whitespace and zero-width no-break spaces around a sentence
+_RESAVE = ("Re-save it as UTF-8 (an editor's 'Save as... / Encoding: UTF-8', or "
+           "`iconv -f LATIN1 -t UTF-8 FILE > FILE.utf8` for a Latin-1 file)")
+
+
+@dataclass
+class DecodedText:
+    """A text file's content with LF line endings and no byte-order mark.
+
+    Attributes:
+        text: the content.
+        encoding: what it was read as: ``UTF-8``, ``UTF-8 with a byte-order mark``, ``UTF-16 LE (byte-order mark)``...
+        line_endings: ``LF``, ``CRLF``, ``CR``, ``none`` or ``mixed (CRLF, LF)``.
+    """
+
+    text: str
+    encoding: str
+    line_endings: str
+
+
+def detect_bom(data: bytes) -> tuple[str, str, int]:
+    """``(codec, name, length of the byte-order mark)`` of ``data``; no mark: UTF-8."""
+    for bom, codec, name in _BOMS:
+        if data.startswith(bom):
+            return codec, name, len(bom)
+    return "utf-8", "UTF-8", 0
+
+
+def _where(data: bytes, offset: int) -> tuple[int, int]:
+    """``(line number from 1, byte offset in that line)`` of byte ``offset`` (CRLF, CR, LF all end a line)."""
+    line, start = 1, 0
+    for match in _LINE_BREAK.finditer(data, 0, offset):
+        line, start = line + 1, match.end()
+    return line, offset - start
+
+
+def _line_endings(data: bytes | str) -> str:
+    if isinstance(data, str):
+        crlf, cr, lf = data.count("\r\n"), data.count("\r"), data.count("\n")
+    else:
+        crlf, cr, lf = data.count(b"\r\n"), data.count(b"\r"), data.count(b"\n")
+    kinds = [name for name, count in (("CRLF", crlf), ("CR", cr - crlf), ("LF", lf - crlf)) if count]
+    return "none" if not kinds else kinds[0] if len(kinds) == 1 else f"mixed ({', '.join(kinds)})"
+
+
+def _normalise(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def not_utf8_message(source: str | Path, data: bytes, error: UnicodeDecodeError, skip: int = 0) -> str:
+    """Where in ``data`` (after a byte-order mark of ``skip`` bytes) ``error`` happened, and the fix."""
+    line, column = _where(data, error.start)
+    byte = data[error.start:error.start + 1]
+    return (f"{source} is not UTF-8 text: line {line}, byte {column} of the line (byte {skip + error.start} of the "
+            f"file) is 0x{byte.hex() or '??'} ({error.reason}); it may be Latin-1 / Windows-1252 or another legacy "
+            f"encoding. {_RESAVE}.")
+
+
+def decode_text(data: bytes, source: str | Path = "text") -> DecodedText:
+    """``data`` as text: UTF-8 (a byte-order mark is removed), UTF-16 / UTF-32 with a byte-order mark;
+    CRLF and CR become LF.
+
+    Raises:
+        TextEncodingError: bytes that are not valid in the encoding, or NUL bytes in UTF-8 text (UTF-16
+            without a byte-order mark, or a binary file), naming ``source``, the line and byte offset.
+    """
+    codec, name, skip = detect_bom(data)
+    body = data[skip:]
+    if codec == "utf-8":
+        nul = body.find(b"\0")
+        if nul >= 0:
+            line, column = _where(body, nul)
+            raise TextEncodingError(
+                f"{source} holds NUL bytes (the first at line {line}, byte {column} of the line, byte {skip + nul} of "
+                f"the file): it looks like UTF-16 or UTF-32 text without a byte-order mark, or a binary file, not "
+                f"UTF-8 text. {_RESAVE}.")
+    try:
+        text = body.decode(codec)
+    except UnicodeDecodeError as error:
+        if codec == "utf-8":
+            raise TextEncodingError(not_utf8_message(source, body, error, skip)) from None
+        before = body[:error.start].decode(codec, errors="replace")
+        line = _normalise(before).count("\n") + 1
+        raise TextEncodingError(
+            f"{source} starts with a {name} but is not valid {name.split(' (')[0]}: line {line}, byte "
+            f"{skip + error.start} of the file ({error.reason}). {_RESAVE}.") from None
+    return DecodedText(_normalise(text), name, _line_endings(text))
+
+
+def read_text_file(path: str | Path, what: str = "text file") -> DecodedText:
+    """A text file's content (see `decode_text`); a missing file or a folder is a `TextFileMissingError`."""
+    path = Path(path)
+    if path.is_dir():
+        raise TextFileMissingError(f"{what} {path} is a folder, not a file")
+    if not path.is_file():
+        raise TextFileMissingError(f"{what} {path} does not exist")
+    decoded = decode_text(path.read_bytes(), path)
+    if decoded.encoding != "UTF-8" or decoded.line_endings not in ("LF", "none"):
+        log.info("%s: read as %s with %s line endings", path, decoded.encoding, decoded.line_endings)
+    return decoded
+
+
+def read_lines(path: str | Path, what: str = "text file") -> list[str]:
+    """The lines of a text file (see `decode_text`), without line endings; a final line break adds no line."""
+    text = read_text_file(path, what).text
+    lines = text.split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 class ParallelText(Dataset):
@@ -75,7 +211,7 @@ def translation_bundle(splits: dict[str, Pairs], name: str, source_language: str
                        max_tokens: int = 256, extra: dict[str, Any] | None = None) -> DataBundle:
     """Train (or load) the tokenizer on the training pairs and build the splits and their `DataInfo`."""
     if not splits["train"]:
-        raise ValueError(f"{name}: the training split is empty; nothing to train a translator on")
+        raise DataError(f"{name}: the training split is empty; nothing to train a translator on")
     if tokenizer_file:
         text_tokenizer = TextTokenizer.from_file(tokenizer_file)
     else:
@@ -111,7 +247,7 @@ def number_words(number: int, language: str) -> str:
     from num2words import CONVERTER_CLASSES, num2words
 
     if language not in CONVERTER_CLASSES:
-        raise ValueError(f"num2words has no language {language!r}; choose one of {', '.join(sorted(CONVERTER_CLASSES))}")
+        raise SpecError(f"num2words has no language {language!r}; choose one of {', '.join(sorted(CONVERTER_CLASSES))}")
     return num2words(number, lang=language)
 
 
@@ -132,7 +268,7 @@ def numbers(source_language: str = "en", target_language: str = "fr", max_number
         max_tokens: longer token sequences are truncated.
     """
     if max_number < 10:
-        raise ValueError(f"max_number must be at least 10 to leave numbers for every split, got {max_number}")
+        raise SpecError(f"data.max_number must be at least 10 to leave numbers for every split, got {max_number}")
     pairs = [(number_words(n, source_language), number_words(n, target_language)) for n in range(max_number + 1)]
     return translation_bundle(_split(pairs, val_fraction, test_fraction, seed), "numbers", source_language,
                               target_language, tokenizer, vocab_size, tokenizer_file, max_tokens,
@@ -153,30 +289,35 @@ def read_ding_pairs(path: str | Path, min_words: int = 4, max_words: int = 20) -
 
     Each line's ``|``-separated entries are aligned; an entry pair is kept when both sides have
     ``min_words..max_words`` words (a length filter that keeps phrases and sentences, not single
-    words). Duplicates are dropped; the order of the file is kept.
+    words). Duplicates are dropped; the order of the file is kept. The file is read by `read_lines`
+    (UTF-8, or UTF-16 / UTF-32 with a byte-order mark; any line ending); bytes that are not UTF-8 are
+    a `TextEncodingError` naming the line, never replaced.
     """
     path = Path(path)
     if not path.is_file():
-        raise DataFilesMissingError(
+        raise TextFileMissingError(
             f"German-English pairs not found at {path}. Install them with `apt-get install trans-de-en` "
             "(Debian / Ubuntu; the file is /usr/share/trans/de-en), or give `data: {name: de-en, path: FILE}` "
             "with a file in the same 'German :: English' format"
         )
     pairs, seen = [], set()
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if line.startswith("#") or "::" not in line:
-                continue
-            german, english = line.rstrip("\n").split("::", 1)
-            german_entries, english_entries = german.split(" | "), english.split(" | ")
-            if len(german_entries) != len(english_entries):
-                continue
-            for de, en in zip(german_entries, english_entries):
-                de, en = _clean(de), _clean(en)
-                if min_words <= len(de.split()) <= max_words and min_words <= len(en.split()) <= max_words \
-                        and (de, en) not in seen:
-                    seen.add((de, en))
-                    pairs.append((de, en))
+    unaligned = 0
+    for line in read_lines(path, "German-English dictionary file"):
+        if line.startswith("#") or "::" not in line:
+            continue
+        german, english = line.split("::", 1)
+        german_entries, english_entries = german.split(" | "), english.split(" | ")
+        if len(german_entries) != len(english_entries):
+            unaligned += 1
+            continue
+        for de, en in zip(german_entries, english_entries):
+            de, en = _clean(de), _clean(en)
+            if min_words <= len(de.split()) <= max_words and min_words <= len(en.split()) <= max_words \
+                    and (de, en) not in seen:
+                seen.add((de, en))
+                pairs.append((de, en))
+    log.debug("%s: %d pairs of %d-%d words; %d lines left out (unequal numbers of ' | ' entries per side)",
+              path, len(pairs), min_words, max_words, unaligned)
     return pairs
 
 
@@ -195,8 +336,11 @@ def de_en(path: str = DE_EN_FILE, source_language: str = "de", min_words: int = 
         limit: keep only the first N pairs after shuffling (quick runs).
     """
     if source_language not in ("de", "en"):
-        raise ValueError(f"source_language must be 'de' or 'en', got {source_language!r}")
+        raise SpecError(f"data.source_language must be 'de' or 'en', got {source_language!r}")
     pairs = read_ding_pairs(path, min_words, max_words)
+    if not pairs:
+        raise DataError(f"{path} holds no German-English pairs of {min_words}-{max_words} words on each side "
+                        "(expected 'German :: English' lines); check the file or data.min_words / max_words")
     if source_language == "en":
         pairs = [(en, de) for de, en in pairs]
     if limit:
@@ -208,42 +352,103 @@ def de_en(path: str = DE_EN_FILE, source_language: str = "de", min_words: int = 
 
 
 # ---- tsv --------------------------------------------------------------------------------------------
+def _tsv_lines(path: Path) -> tuple[list[tuple[int, str | None, str]], str, str]:
+    """``[(line number, text or None when not UTF-8, why)]`` of a TSV file, its encoding and line endings.
+
+    UTF-8 files are decoded line by line, so every line that is not UTF-8 is found (and, with
+    ``skip_bad_lines``, only those are left out); UTF-16 / UTF-32 (byte-order mark) as a whole.
+    """
+    data = path.read_bytes()
+    codec, name, skip = detect_bom(data)
+    if codec != "utf-8" or b"\0" in data:
+        decoded = decode_text(data, path)  # a whole-file error, or the text
+        lines = decoded.text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        return [(number, line, "") for number, line in enumerate(lines, start=1)], decoded.encoding, \
+            decoded.line_endings
+    body = data[skip:]
+    rows: list[tuple[int, str | None, str]] = []
+    start = 0
+    for number, match in enumerate([*_LINE_BREAK.finditer(body), None], start=1):
+        if match is None and start == len(body):
+            break  # the file ends with a line break (or is empty): no last, empty line
+        stop = match.start() if match else len(body)
+        raw = body[start:stop]
+        try:
+            rows.append((number, raw.decode("utf-8"), ""))
+        except UnicodeDecodeError as error:
+            rows.append((number, None, f"not UTF-8 (0x{raw[error.start:error.start + 1].hex()}: {error.reason} at byte "
+                                       f"{error.start} of the line, byte {skip + start + error.start} of the file)"))
+        start = match.end() if match else stop
+    return rows, name, _line_endings(body)
+
+
 def read_tsv(path: str | Path, source_column: int = 0, target_column: int = 1,
              skip_bad_lines: bool = False) -> Pairs:
-    """``source<TAB>target`` lines of a UTF-8 file.
+    """``source<TAB>target`` lines of a text file (UTF-8; UTF-16 / UTF-32 with a byte-order mark).
 
-    A line with too few columns, an empty side, or bytes that are not UTF-8 is bad: every bad line is
-    reported with its line number in a ``ValueError`` or, with ``skip_bad_lines``, in a warning.
+    A leading byte-order mark is removed; CRLF, CR and LF all end a line. A line with too few
+    columns, an empty side, or bytes that are not UTF-8 is bad: every bad line is reported with its
+    line number (and, for bytes that are not UTF-8, the byte offset and the fix) in a
+    `DataError` or, with ``skip_bad_lines``, in a warning. NUL bytes (UTF-16 without a byte-order
+    mark, a binary file) and undecodable UTF-16 / UTF-32 refuse the whole file (`TextEncodingError`).
+    Lines with more columns than most lines are counted in a warning (a tab inside a sentence?).
     """
     path = Path(path)
+    if path.is_dir():
+        raise TextFileMissingError(f"parallel text file {path} is a folder, not a file (expected source<TAB>target "
+                                   "lines)")
     if not path.is_file():
-        raise DataFilesMissingError(f"parallel text file {path} does not exist (expected source<TAB>target lines)")
+        raise TextFileMissingError(f"parallel text file {path} does not exist (expected source<TAB>target lines)")
+    if min(source_column, target_column) < 0 or source_column == target_column:
+        raise SpecError(f"data.source_column ({source_column}) and data.target_column ({target_column}) must be "
+                        "different column numbers from 0")
     need = max(source_column, target_column) + 1
+    rows, encoding, endings = _tsv_lines(path)
     pairs: Pairs = []
     bad: list[str] = []
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as error:
-                bad.append(f"line {number}: not UTF-8 ({error.reason} at byte {error.start})")
-                continue
-            columns = line.split("\t")
-            if len(columns) < need:
-                bad.append(f"line {number}: {len(columns)} column{'s' * (len(columns) != 1)}, need {need} "
-                           f"(tab-separated)")
-                continue
-            source, target = columns[source_column].strip(), columns[target_column].strip()
-            if not source or not target:
-                bad.append(f"line {number}: empty {'source' if not source else 'target'}")
-                continue
-            pairs.append((source, target))
+    not_utf8 = 0
+    widths: dict[int, list[int]] = {}
+    for number, line, why in rows:
+        if line is None:
+            bad.append(f"line {number}: {why}")
+            not_utf8 += 1
+            continue
+        line = line.lstrip("\ufeff")  # a byte-order mark of a file pasted into this one
+        if not _EDGES.sub("", line):
+            bad.append(f"line {number}: blank")
+            continue
+        columns = line.split("\t")
+        if len(columns) < need:
+            bad.append(f"line {number}: {len(columns)} column{'s' * (len(columns) != 1)}, need {need} "
+                       f"(tab-separated)")
+            continue
+        source, target = _EDGES.sub("", columns[source_column]), _EDGES.sub("", columns[target_column])
+        if not source or not target:
+            bad.append(f"line {number}: empty {'source' if not source else 'target'}")
+            continue
+        widths.setdefault(len(columns), []).append(number)
+        pairs.append((source, target))
+    if encoding != "UTF-8" or endings not in ("LF", "none"):
+        log.info("%s: read as %s with %s line endings", path, encoding, endings)
+    if len(widths) > 1:
+        usual = max(widths, key=lambda width: len(widths[width]))
+        wide = sorted(n for width, numbers in widths.items() if width > usual for n in numbers)
+        if wide:
+            log.warning("%s: %d line%s more than the %d tab-separated columns of most lines (a tab inside a "
+                        "sentence?); only columns %d and %d are read: line%s %s%s", path, len(wide),
+                        "s have" if len(wide) != 1 else " has", usual, source_column, target_column,
+                        "s" * (len(wide) != 1), ", ".join(map(str, wide[:20])), " ..." * (len(wide) > 20))
     if bad:
         shown = "; ".join(bad[:20]) + (f"; ... and {len(bad) - 20} more" if len(bad) > 20 else "")
         message = f"{path}: {len(bad)} bad line{'s' * (len(bad) != 1)} of {len(pairs) + len(bad)}: {shown}"
+        if not_utf8:
+            message += (f". {not_utf8} line{'s are' if not_utf8 != 1 else ' is'} not UTF-8: the file may be "
+                        f"Latin-1 / Windows-1252 or another legacy encoding; {_RESAVE[0].lower()}{_RESAVE[1:]}")
         if not skip_bad_lines:
-            raise ValueError(f"{message}. Fix or delete them, or set data.skip_bad_lines: true to leave them out "
-                             "(they are then listed in a warning)")
+            raise DataError(f"{message}. Fix or delete them, or set data.skip_bad_lines: true to leave them out "
+                            "(they are then listed in a warning)")
         log.warning("%s. Left out (data.skip_bad_lines is true).", message)
     return pairs
 
@@ -253,15 +458,20 @@ def tsv(path: str, val_path: str | None = None, test_path: str | None = None, va
         test_fraction: float = 0.1, source_column: int = 0, target_column: int = 1, skip_bad_lines: bool = False,
         source_language: str = "source", target_language: str = "target", tokenizer: str = "bpe",
         vocab_size: int = 8000, tokenizer_file: str | None = None, max_tokens: int = 256, seed: int = 0) -> DataBundle:
-    """A user's parallel text: ``source<TAB>target`` per line, UTF-8.
+    """A user's parallel text: ``source<TAB>target`` per line, UTF-8 (see `read_tsv`).
 
     With ``val_path`` / ``test_path`` those files are the splits; otherwise ``val_fraction`` /
     ``test_fraction`` of ``path`` are held out (shuffled by ``seed``). Bad lines are errors that
     list their line numbers (``skip_bad_lines`` turns them into a warning that lists them).
     """
     pairs = read_tsv(path, source_column, target_column, skip_bad_lines)
+    if not pairs:
+        raise DataError(f"{path} holds no sentence pairs (expected source<TAB>target lines); nothing to train on")
     held_val = read_tsv(val_path, source_column, target_column, skip_bad_lines) if val_path else None
     held_test = read_tsv(test_path, source_column, target_column, skip_bad_lines) if test_path else None
+    for held, held_path in ((held_val, val_path), (held_test, test_path)):
+        if held is not None and not held:
+            raise DataError(f"{held_path} holds no sentence pairs (expected source<TAB>target lines)")
     splits = _split(pairs, 0.0 if held_val is not None else val_fraction,
                     0.0 if held_test is not None else test_fraction, seed)
     if held_val is not None:

@@ -14,9 +14,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from edh.core.errors import DataError, EdhError, SpecError
+
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD, BOS, EOS, UNK = range(4)
 KINDS = ("bpe", "char")
+
+
+class TokenizerFileError(DataError):
+    """A tokenizer file (``tokenizer.json``) that cannot be read: not JSON, not a tokenizer, not edh's."""
+
+
+class TokenizerFileMissingError(EdhError, FileNotFoundError):
+    """A tokenizer file that is not there; the message says where it comes from."""
 
 
 class TextTokenizer:
@@ -33,8 +43,8 @@ class TextTokenizer:
         self.tokenizer = tokenizer
         for index, token in enumerate(SPECIAL_TOKENS):
             if tokenizer.token_to_id(token) != index:
-                raise ValueError(f"tokenizer has {token} at id {tokenizer.token_to_id(token)}, expected {index}; "
-                                 "it was not made by edh's TextTokenizer.train")
+                raise TokenizerFileError(f"tokenizer has {token} at id {tokenizer.token_to_id(token)}, expected "
+                                         f"{index}; it was not made by edh's TextTokenizer.train")
 
     @classmethod
     def train(cls, texts: Iterable[str], kind: str = "bpe", vocab_size: int = 8000,
@@ -50,7 +60,7 @@ class TextTokenizer:
         from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
         if kind not in KINDS:
-            raise ValueError(f"tokenizer kind must be one of {', '.join(KINDS)}, got {kind!r}")
+            raise SpecError(f"tokenizer kind must be one of {', '.join(KINDS)}, got {kind!r} (data.tokenizer)")
         tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
         tokenizer.normalizer = normalizers.NFKC()
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
@@ -62,21 +72,32 @@ class TextTokenizer:
         return cls(tokenizer)
 
     @classmethod
-    def from_str(cls, text: str) -> "TextTokenizer":
+    def from_str(cls, text: str, source: str = "text") -> "TextTokenizer":
+        """A tokenizer from its JSON text (`to_str`); anything else is a `TokenizerFileError` naming ``source``."""
         from tokenizers import Tokenizer
 
-        return cls(Tokenizer.from_str(text))
+        try:
+            tokenizer = Tokenizer.from_str(text)
+        except Exception as error:  # tokenizers raises its own exception type (and panics on some inputs)
+            raise TokenizerFileError(f"{source} is not a tokenizer file (Hugging Face tokenizers JSON, as edh "
+                                     f"writes tokenizer.json): {error}") from None
+        try:
+            return cls(tokenizer)
+        except TokenizerFileError as error:
+            raise TokenizerFileError(f"{source}: {error}") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TextTokenizer":
+        from edh.data.text import TextFileMissingError, read_text_file
+
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"tokenizer file {path} does not exist; a translation run folder keeps its "
-                                    "tokenizer as tokenizer.json (train the run again if it was deleted)")
         try:
-            return cls.from_str(path.read_text(encoding="utf-8"))
-        except Exception as error:  # tokenizers raises its own exception type
-            raise ValueError(f"{path} is not a tokenizer file: {error}") from None
+            text = read_text_file(path, "tokenizer file").text
+        except TextFileMissingError:
+            raise TokenizerFileMissingError(
+                f"tokenizer file {path} does not exist{' (it is a folder)' if path.is_dir() else ''}; a translation "
+                "run folder keeps its tokenizer as tokenizer.json (train the run again if it was deleted)") from None
+        return cls.from_str(text, str(path))
 
     def to_str(self) -> str:
         return self.tokenizer.to_str()

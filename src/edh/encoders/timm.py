@@ -26,6 +26,8 @@ class TimmEncoder(Encoder):
     Shapes: ``(B, in_channels, H, W)`` -> ``[(B, C_i, H / s_i, W / s_i)]`` per timm's ``feature_info``.
     """
 
+    model_option = "model_name"  # `timm:<model>` names fill it
+
     def __init__(self, model_name: str, in_channels: int = 3, out_indices: list[int] | None = None,
                  weights: str | None = None, options: dict | None = None) -> None:
         super().__init__()

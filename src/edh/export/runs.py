@@ -91,6 +91,12 @@ def export_image_run(run: Run, out: Path, heads: list[str] | None = None, opset:
         reference.remove_heads(list(heads))
     folded = count_batchnorm(reference) - count_batchnorm(model)
     example, probe = sample_images(run, TRACE_BATCH, size), sample_images(run, CHECK_BATCH, size, TRACE_BATCH)
+    try:
+        with torch.inference_mode():
+            reference(example[:1])
+    except (RuntimeError, ValueError) as error:  # e.g. a conv kernel larger than the input
+        raise ExportError(f"{run.path}: the model does not run on {size[0]}x{size[1]} inputs ({error}); export "
+                          "for a larger --input-size") from None
     metadata = {"edh_version": __version__, "kind": "image", "input_size": list(size),
                 "in_channels": run.info.in_channels, "heads": list(model.heads), "nms": nms, "fold_bn": fold_bn}
     notes = [f"BatchNorm folded: {folded} of {count_batchnorm(reference)} layers" if fold_bn else "BatchNorm kept"]

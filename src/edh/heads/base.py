@@ -54,6 +54,8 @@ class Head(nn.Module):
         export_raw: the raw outputs (``forward``'s) can be an ONNX graph's outputs with a dynamic batch
             axis. False (e.g. per-image lists of proposals): export always puts ``postprocess`` in
             the graph, so such a head needs ``export_postprocess``.
+        target_key: the batch target the head learns from (its spec's ``target``, else its name); set
+            by `Model.bind_data` before ``bind_data`` runs, so a head can check the data's target.
         generates: the head turns decoder features into token logits (``logits``) for step-by-step
             generation (`edh.ops.generation`); ``generation_defaults`` gives its search settings.
     """
@@ -66,6 +68,7 @@ class Head(nn.Module):
     export_postprocess: str | None = None
     export_raw: bool = True
     generates: bool = False
+    target_key: str | None = None
 
     def __init__(self, in_spec: FeatureSpec) -> None:
         super().__init__()

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edh.core.features import FeatureSpec, Sequence
+from edh.core.features import FeatureSpec
 from edh.heads.base import Head
 from edh.layers.pooling import POOLS, global_pool
 from edh.core.registry import register_head
@@ -57,6 +57,13 @@ class ClassificationHead(Head):
         self.top_k = min(top_k, num_classes)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(in_spec.width, num_classes)
+
+    def bind_data(self, info: Any) -> None:
+        """Refuse data with more classes than ``num_classes`` before the first step (a label past the
+        last output would fail mid-training); warn when the head has more, or other class names."""
+        from edh.heads.data_checks import check_classes, data_target
+
+        check_classes(self, data_target(self, info, ("classification",), class_names_for=("label",)))
 
     def _pooled(self, features: Any) -> torch.Tensor:
         return global_pool(features, self.pool)

@@ -47,6 +47,20 @@ class RegressionHead(Head):
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_outputs)) \
             if hidden else nn.Linear(width, num_outputs)
 
+    def bind_data(self, info: Any) -> None:
+        """Refuse another ``num_outputs`` than the data states for this target (``head_defaults``), before
+        the first step: the loss would compare values of other shapes."""
+        from edh.core.errors import SpecError
+        from edh.heads.data_checks import data_target, head_path
+
+        target = data_target(self, info, ("regression",))
+        stated = target.defaults.get("num_outputs") if target is not None else None
+        if isinstance(stated, int) and stated != self.num_outputs:
+            path = head_path(self)
+            raise SpecError(f"{path}.num_outputs is {self.num_outputs}, but {target.dataset} gives {stated} values "
+                            f"per sample in its {target.key!r} target. Set num_outputs: {stated} in {path}, or leave "
+                            "it out to take the data's")
+
     def forward(self, features: Any, **context: Any) -> torch.Tensor:
         return self.mlp(global_pool(features))  # (B, num_outputs)
 

@@ -13,6 +13,7 @@ from edh.ops.crop import crop_to
 from edh.core.features import FeatureSpec
 from edh.heads.base import Head
 from edh.core.registry import register_head
+from edh.utils.images import open_upright
 
 LOSSES = ("ce", "dice", "ce+dice")
 
@@ -90,6 +91,23 @@ class SegmentationHead(Head):
             self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32), persistent=False)
         else:
             self.class_weights = None
+
+    def bind_data(self, info: Any) -> None:
+        """Refuse masks with more classes than ``num_classes`` (when the data states its mask classes),
+        and an ``ignore_index`` other than the data's, before the first step."""
+        from edh.core.errors import SpecError
+        from edh.heads.data_checks import check_classes, data_target, head_path
+
+        target = data_target(self, info, ("segmentation",), extra_names="mask_class_names")
+        check_classes(self, target, 0, "mask classes (background included)")
+        ignore = target.defaults.get("ignore_index") if target is not None else None
+        if ignore is not None and ignore != self.ignore_index:
+            path = head_path(self)
+            raise SpecError(
+                f"{target.dataset} marks mask pixels to leave out with {ignore} (data.ignore_index), but "
+                f"{path}.ignore_index is {self.ignore_index}: those pixels would be taken for class {ignore} and "
+                f"stop training. Set ignore_index: {ignore} in {path}, or leave it out to take the data's"
+            )
 
     def forward(self, features: Any, input_size: tuple[int, int] | None = None, **context: Any) -> torch.Tensor:
         x = features[0] if isinstance(features, (list, tuple)) else features  # (B, C, H / s, W / s)
@@ -194,9 +212,8 @@ def overlay_png(image_path: str | Path, mask: torch.Tensor, class_names: list[st
         picture = display_image(F.interpolate(image[None].float(), size=mask.shape, mode="bilinear")[0])
         picture = np.repeat(picture[..., None], 3, axis=2) if picture.ndim == 2 else picture
     else:
-        with Image.open(image_path) as original:
-            picture = np.asarray(original.convert("RGB").resize(mask.shape[::-1], Image.BILINEAR),
-                                 dtype=np.float32) / 255
+        original = open_upright(image_path)  # EXIF orientation applied, as the model read it
+        picture = np.asarray(original.convert("RGB").resize(mask.shape[::-1], Image.BILINEAR), dtype=np.float32) / 255
     colours = np.array(class_colours(len(class_names)), dtype=np.float32)
     painted = np.where((mask > 0)[..., None], (1 - alpha) * picture + alpha * colours[mask], picture)
     present = [int(c) for c in np.unique(mask) if c > 0]

@@ -9,11 +9,29 @@ import torch
 from torch import nn
 
 from edh.utils.io import WeightsFileError, load_tensors
+from edh.utils.tensor_checks import PathProblem, check_weights_path, non_finite_problem
 
 log = logging.getLogger("edh")
 
 _PREFIXES = ("module.", "model.", "encoder.", "backbone.body.", "backbone.")
 _CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.", "heads.")
+
+
+def check_weights_file(path: str | Path, where: str = "") -> Path:
+    """``path`` when it is a readable regular weights file (looked at with ``stat`` first: never opens a
+    FIFO); else ``FileNotFoundError`` (missing) or `WeightsFileError` saying what it is: a directory, a
+    named pipe, an empty file, a text file. ``where`` (``encoder.weights``) starts the message."""
+    try:
+        return check_weights_path(path, where)
+    except PathProblem as problem:
+        raise (FileNotFoundError if problem.missing else WeightsFileError)(problem.message) from None
+
+
+def refuse_non_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """`WeightsFileError` naming the tensors that hold NaN or Inf (``source``: where they were read)."""
+    problem = non_finite_problem(tensors, source)
+    if problem:
+        raise WeightsFileError(problem)
 
 
 def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -48,8 +66,10 @@ def load_encoder_weights(module: nn.Module, path: str | Path) -> None:
     Classifier keys of a full-model file (``fc.*``, ``head.*``...) are skipped and logged by name.
     A missing key, any other unexpected key, or a shape mismatch raises `WeightsFileError` naming the
     file and the tensors. A first convolution trained on 3 channels is adapted to ``in_channels``.
+    The file itself is checked by `load_tensors`: a directory, a FIFO, a text file, an edited
+    safetensors header and NaN / Inf values each get their own message.
     """
-    state = load_tensors(path)
+    state = load_tensors(check_weights_file(path))
     own = module.state_dict()
     state = _strip(state, set(own))
     skipped = sorted(k for k in state if k not in own and k.startswith(_CLASSIFIER_PREFIXES))

@@ -36,10 +36,17 @@ class InputReader:
 
 
 def read_images(run: Any, paths: list[str | Path]) -> torch.Tensor:
-    """Read, resize and normalise image files as the run's data was: ``(N, C, H, W)``."""
+    """Read, resize and normalise image files as the run's data was: ``(N, C, H, W)``.
+
+    The preprocessing is the run's ``data.json``, checked against its fingerprint (what training
+    used; `edh.workflows.data_check.check_run_info`): an edited ``data.json`` is a `DataError`.
+    Images are read upright (EXIF orientation applied) by the same `read_image` as training.
+    """
     from edh.data.files import read_image
     from edh.data.transforms import eval_transform
+    from edh.workflows.data_check import check_run_info
 
+    check_run_info(run)
     info = run.info
     transform = eval_transform(info.image_size, info.mean, info.std)
     images = [transform(read_image(p, info.in_channels)) for p in paths]

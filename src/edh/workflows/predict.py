@@ -28,12 +28,18 @@ class Prediction:
 
 
 def predict_inputs(run: Run, items: list[Any], out_dir: str | Path | None = None, top_k: int | None = None,
-                   batch_size: int = 16) -> tuple[list[Prediction], list[Path]]:
+                   batch_size: int = 16, allow_changed_data: bool = False) -> tuple[list[Prediction], list[Path]]:
     """Predict every task for each item; tasks that draw write into ``out_dir``, and tasks that give
     records (detection: COCO results) get them gathered into ``out_dir/<task>.json``.
 
-    A run whose images keep their own sizes (no ``image_size``) predicts one at a time.
+    A run whose images keep their own sizes (no ``image_size``) predicts one at a time. Inputs are
+    preprocessed as in training, from the run's ``data.json`` checked against its fingerprint: an
+    edited ``data.json`` is a `DataError`; with ``allow_changed_data`` a warning, and the training
+    values are used (as ``edh eval`` does).
     """
+    from edh.workflows.data_check import check_run_info
+
+    check_run_info(run, allow_changed_data)
     reader = reader_for(run)
     model = run.model.eval()
     tasks = model.tasks()

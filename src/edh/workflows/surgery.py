@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import yaml
-
 from edh.core.model import Model
+from edh.core.spec import load_yaml_text
 
 
 def parse_head_option(text: str) -> tuple[str, dict[str, Any]]:
@@ -30,7 +29,7 @@ def parse_head_option(text: str) -> tuple[str, dict[str, Any]]:
             key, sep, value = item.partition("=")
             if not sep or not key:
                 raise ValueError(f"in head option {text!r}: {item!r} must be key=value")
-            options[key.strip()] = yaml.safe_load(value)
+            options[key.strip()] = load_yaml_text(value, f"head option {text!r}")
     return name, options
 
 

@@ -151,11 +151,10 @@ def translate_lines(run: Run, texts: list[str], input_file: str | None = None, o
     from edh.utils.io import atomic_write_text
 
     texts = list(texts)
-    if input_file:
-        path = Path(input_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"input file {path} does not exist (expected one sentence per line)")
-        texts += path.read_text(encoding="utf-8").splitlines()
+    if input_file:  # one translation per line, empty lines included (UTF-8, or UTF-16 with a BOM)
+        from edh.data.text import read_lines
+
+        texts += read_lines(input_file, "input file")
     if not texts:
         raise ValueError("nothing to translate: give sentences (edh translate RUNDIR \"a sentence\") or --input FILE")
     translations = Translator(run).translate(texts, **{k: v for k, v in options.items() if v is not None})

@@ -9,6 +9,7 @@ input pixels) and ``labels`` (per image ``(N,)`` int64) targets.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ import torch
 from edh.core.features import FeatureSpec
 from edh.heads.base import Head
 from edh.ops.boxes import DetectionTargets, check_targets, split_targets, to_xywh
+
+log = logging.getLogger("edh")
 
 Detections = list[dict[str, torch.Tensor]]  # per image: boxes (D, 4), scores (D,), labels (D,)
 
@@ -55,6 +58,14 @@ class DetectionHead(Head):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.max_detections = max_detections
+
+    def bind_data(self, info: Any) -> None:
+        """Refuse data with more object classes than ``num_classes`` before the first step (labels
+        ``1..num_classes``; a larger one would stop training); warn when the head has more."""
+        from edh.heads.data_checks import check_classes, data_target
+
+        check_classes(self, data_target(self, info, ("detection",), class_names_for=("*",)), 1,
+                      "object classes")
 
     # ---- targets -------------------------------------------------------------------------------
     def select_targets(self, targets: dict[str, Any], key: str) -> DetectionTargets:
@@ -199,9 +210,10 @@ def _image_ids(info: Any) -> dict[str, int]:
     files = (getattr(info, "extra", None) or {}).get("coco_annotations", [])
     ids: dict[str, int] = {}
     for file in files:
-        try:
-            images = json.loads(Path(file).read_text()).get("images", [])
-        except (OSError, ValueError):
+        try:  # UTF-8 with or without a byte-order mark (edh's COCO reader accepted the file when training)
+            images = json.loads(Path(file).read_bytes().decode("utf-8-sig")).get("images", [])
+        except (OSError, ValueError) as error:
+            log.warning("cannot read image ids from %s (%s): predictions of its images get image_id 0", file, error)
             continue
         ids.update({Path(str(i.get("file_name", ""))).name: int(i["id"]) for i in images if "id" in i})
     return ids

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import torch
 
+from edh.utils.images import open_upright, upright_size
+
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """``(H, W)`` of an image file (reads only its header)."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.height, image.width
+    """``(H, W)`` of an image file as the model read it (EXIF orientation applied; only its header is read)."""
+    return upright_size(path)
 
 
 def scale_boxes(boxes: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> torch.Tensor:
@@ -45,8 +44,8 @@ def draw_detections(path: str | Path, detections: dict[str, torch.Tensor], input
     from edh.utils.io import atomic_write
 
     if Path(path).is_file() or image is None:
-        with Image.open(path) as original:
-            picture = torch.from_numpy(np.asarray(original.convert("RGB")).copy()).permute(2, 0, 1)
+        original = open_upright(path)  # EXIF orientation applied, as the model read it
+        picture = torch.from_numpy(np.asarray(original.convert("RGB")).copy()).permute(2, 0, 1)
     else:
         picture = picture_of(image)
     boxes = scale_boxes(detections["boxes"].float().cpu(), input_size, tuple(picture.shape[-2:]))
