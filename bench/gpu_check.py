@@ -72,7 +72,7 @@ def check_training(out: Path) -> None:
         "trainer": {"accelerator": "gpu", "devices": 1, "precision": "bf16-mixed", "enable_progress_bar": False},
     })
     start = time.perf_counter()
-    run = train_run(spec, out / "digits-gpu")
+    run = train_run(spec, out / "digits-gpu", force=True)
     seconds = time.perf_counter() - start
     acc = evaluate_run(run, "test", progress=False).metrics["label"]["acc"]
     print(f"  digits resnet18 on GPU, bf16-mixed + channels_last + compile: test acc {acc:.4f} in {seconds:.1f} s")

@@ -26,7 +26,7 @@ def check(name: str, out: Path) -> str:
         model = edh.build(load_spec(config_path(name)), pretrained=False)
         return f"model spec: builds, {sum(p.numel() for p in model.parameters()):,} parameters"
     spec = load_config(name, {"train.epochs": 1})
-    run = train_run(spec, out / name.removesuffix(".yaml"), max_steps=2, limit_val_batches=1, limit_train_batches=2,
+    run = train_run(spec, out / name.removesuffix(".yaml"), force=True, max_steps=2, limit_val_batches=1, limit_train_batches=2,
                     enable_progress_bar=False)
     evaluation = evaluate_run(run, "test", batch_size=4, progress=False) if run.info.input_kind == "image" else None
     metrics = {task: sorted(values) for task, values in (evaluation.metrics if evaluation else {}).items()}

@@ -278,7 +278,7 @@ def test_cli_export_then_predict_with_onnxruntime(runs, tmp_path, capsys, cli):
         Image.fromarray(np.random.default_rng(index).integers(0, 255, (8, 8), dtype=np.uint8)).save(path)
         images.append(str(path))
     out = tmp_path / "cls.onnx"
-    assert main(["predict", str(run.path), *images, "--backend", "onnxruntime", "--onnx", str(out)]) == 1
+    assert main(["predict", str(run.path), *images, "--backend", "onnxruntime", "--onnx", str(out)]) == 2
     assert "edh export" in capsys.readouterr().err
     assert main(["export", str(run.path), "--out", str(out), "--opset", "17"]) == 0
     text = capsys.readouterr().out
@@ -289,5 +289,5 @@ def test_cli_export_then_predict_with_onnxruntime(runs, tmp_path, capsys, cli):
                  str(out), "--heads", "label"]) == 0
     exported = capsys.readouterr().out
     assert exported.strip() and exported == "".join(line + "\n" for line in eager.splitlines() if "\tlabel:" in line)
-    assert main(["export", str(run.path), "--out", str(tmp_path / "x.txt")]) == 1
+    assert main(["export", str(run.path), "--out", str(tmp_path / "x.txt")]) == 2
     assert "must end in .onnx" in capsys.readouterr().err

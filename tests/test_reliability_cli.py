@@ -300,7 +300,10 @@ CASES = [
     ("unknown-command", ["bogus"], None),
 ]
 ARGPARSE = {"train-epochs-not-int", "eval-bad-split", "predict-top-k-not-int", "list-bogus-role",
-            "export-bad-format", "unknown-command"}  # argparse refuses these before edh runs: no -v traceback
+            "export-bad-format", "unknown-command",  # argparse refuses these before edh runs: no -v traceback
+            "train-epochs-negative", "predict-top-k-zero", "predict-top-k-negative", "predict-text-beam-zero",
+            "finetune-negative-epochs", "translate-beam-zero", "translate-batch-size-zero",
+            "translate-negative-max-new-tokens", "translate-nan-length-penalty", "export-zero-input-size"}
 WARNS = {"eval-out-is-a-file"}  # not an error: the metrics are printed, a warning says the plots could not be written
 COMMANDS_COVERED = {argv[0] for _, argv, _ in CASES}
 

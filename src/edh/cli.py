@@ -62,10 +62,21 @@ def main(argv: list[str] | None = None) -> int:
         return USER_ERROR_EXIT
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (one handler, however often
+    `main` runs in a process: tests and notebooks replace stderr between calls)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     edh_log = logging.getLogger("edh")
+    for old in [h for h in edh_log.handlers if isinstance(h, _StderrHandler)]:
+        edh_log.removeHandler(old)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     edh_log.addHandler(handler)
     edh_log.setLevel(logging.DEBUG if verbose else logging.INFO)
     edh_log.propagate = False

@@ -33,7 +33,7 @@ def finite_float(text: str) -> float:
 
 def read_input_lines(path: str) -> list[str]:
     """The non-empty lines of a ``--input`` file (UTF-8, UTF-16 with a BOM; `edh.data.text.read_lines`)."""
-    from edh.data.text import read_lines
+    from edh.data.textfiles import read_lines
 
     return [line for line in read_lines(path, "input file") if line.strip()]
 

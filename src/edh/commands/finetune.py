@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from edh.commands import positive_int
+
 NAME = "finetune"
 HELP = "train a new run from a trained one after head surgery, keeping encoder/decoder (and fitting head) weights"
 
@@ -15,7 +17,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--remove-head", action="append", default=[], metavar="NAME")
     parser.add_argument("--freeze", nargs="*", help="roles to freeze (encoder, decoder, heads.NAME)")
     parser.add_argument("--lr", help="one learning rate, or per role: encoder=1e-4,heads=1e-3")
-    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--epochs", type=positive_int, help="override train.epochs")
     parser.add_argument("--out", required=True, help="the new run folder")
     parser.add_argument("--force", action="store_true", help="replace the run in --out if it holds one (kept "
                                                              "in OUT/.previous until the new run's first checkpoint)")
@@ -57,7 +59,7 @@ def run(args) -> int:
         spec["train"]["freeze"] = args.freeze
     if args.lr:
         spec["train"]["lr"] = _parse_lr(args.lr)
-    if args.epochs:
+    if args.epochs is not None:
         spec["train"]["epochs"] = args.epochs
     new_spec = parse_run_spec(spec, "finetune options")
     out = Path(args.out)

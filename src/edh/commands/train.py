@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from edh.commands import positive_int
+
 NAME = "train"
 HELP = "train a model from a run spec (YAML) into a run folder, or resume one"
 
@@ -14,8 +16,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="replace the run in --out; the old one is kept in OUT/.previous until the new one "
                              "has written its first checkpoint")
-    parser.add_argument("--epochs", type=int, help="override train.epochs")
-    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (quick checks)")
+    parser.add_argument("--epochs", type=positive_int, help="override train.epochs")
+    parser.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps (quick checks)")
 
 
 def run(args) -> int:
@@ -39,7 +41,7 @@ def run(args) -> int:
     # resuming without a spec: train_run reads the run's own (after it has put back a run that a killed
     # --force start had moved aside)
     run_dir = Path(args.resume) if args.resume else Path(args.out or Path("runs") / Path(args.spec).stem)
-    overrides = {"max_steps": args.max_steps} if args.max_steps else {}
+    overrides = {"max_steps": args.max_steps} if args.max_steps is not None else {}
     from edh.train.runner import launch_rank_zero, train_run
 
     result = train_run(spec, run_dir, resume=bool(args.resume), force=args.force, source=args.spec,

@@ -132,7 +132,7 @@ def read_coco_json(path: str | Path) -> dict[str, Any]:
         CocoFilesMissingError: no such file, or a folder.
         CocoAnnotationError: not text, not JSON, or not a JSON object (the message names the file and where).
     """
-    from edh.data.text import TextEncodingError, decode_text
+    from edh.data.textfiles import TextEncodingError, decode_text
 
     path = Path(path)
     if path.is_dir():

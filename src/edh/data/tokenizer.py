@@ -88,7 +88,7 @@ class TextTokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TextTokenizer":
-        from edh.data.text import TextFileMissingError, read_text_file
+        from edh.data.textfiles import TextFileMissingError, read_text_file
 
         path = Path(path)
         try:

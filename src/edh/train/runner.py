@@ -250,7 +250,7 @@ def train_run(spec: RunSpec | None, run_dir: str | Path, resume: bool = False, i
             refuse_start_over(run_dir)
         if spec is None:
             raise SpecError("train_run needs a spec (or resume=True, to take the run's own)")
-        if epochs:
+        if epochs is not None:
             spec = spec.model_copy(deep=True)
             spec.train.epochs = epochs
         check_trainer_options(spec, trainer_overrides)

@@ -102,7 +102,7 @@ def run_demo(demo: Demo, out_root: Path, quick: bool = False) -> DemoResult:
     run_dir = out_root / demo.name
     start = time.perf_counter()
     extra = {"max_steps": 3, "limit_val_batches": 2, "limit_test_batches": 2} if quick else {}
-    run = train_run(spec, run_dir, **extra)
+    run = train_run(spec, run_dir, force=True, **extra)  # the demo trains its examples anew each time
     seconds = time.perf_counter() - start
     evaluation = evaluate_run(run, "test", run_dir, progress=False)
     size = tuple(run.info.image_size) if run.info.image_size else None

@@ -15,6 +15,10 @@ def embed_images(run: Run, paths: list[str | Path], role: str = "encoder", batch
     """``(N, C)`` float32 pooled features of ``role`` (``encoder``, ``encoder.N`` or ``decoder``)."""
     from edh.workflows.inputs import reader_for
 
+    reader = reader_for(run)
+    if not reader.pictures:
+        raise ValueError(f"edh embed reads image files, and {run.path} takes {run.info.input_kind} inputs; embed "
+                         "with an image run")
     model = run.model.eval()
     name, _, level = role.partition(".")
     if name not in ("encoder", "decoder") or (level and not level.isdigit()):
@@ -25,7 +29,7 @@ def embed_images(run: Run, paths: list[str | Path], role: str = "encoder", batch
         model.source_spec(role, "--role")  # checks the level exists
     rows = []
     for start in range(0, len(paths), batch_size):
-        inputs = reader_for(run).read(run, list(paths[start:start + batch_size]))
+        inputs = reader.read(run, list(paths[start:start + batch_size]))
         with torch.inference_mode():
             features = model.encoder(inputs)
             if name == "decoder":

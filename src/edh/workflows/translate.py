@@ -152,7 +152,7 @@ def translate_lines(run: Run, texts: list[str], input_file: str | None = None, o
 
     texts = list(texts)
     if input_file:  # one translation per line, empty lines included (UTF-8, or UTF-16 with a BOM)
-        from edh.data.text import read_lines
+        from edh.data.textfiles import read_lines
 
         texts += read_lines(input_file, "input file")
     if not texts:

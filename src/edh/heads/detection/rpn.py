@@ -202,6 +202,9 @@ class RPNHead(DetectionHead):
                                          post_nms_top_n, nms_thresh, 0.0, fg_iou_thresh, bg_iou_thresh,
                                          batch_size_per_image, positive_fraction)
 
+    def bind_data(self, info: Any) -> None:
+        """Nothing to check: the RPN is class-agnostic (every box is class 1, whatever the data's labels)."""
+
     def select_targets(self, targets: dict[str, Any], key: str) -> DetectionTargets:
         return [{"boxes": t["boxes"], "labels": torch.ones_like(torch.as_tensor(t["labels"]))}
                 for t in super().select_targets(targets, key)]
