@@ -20,7 +20,7 @@ class Demo:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-DEMOS = [  # short schedules: all six train and evaluate in about 6 minutes on the 2-core development machine
+DEMOS = [  # short schedules: all six train and evaluate in 6-8 minutes on the 2-core development machine
     Demo("classifier", "image classifier (ResNet-18) on digits", "digits-resnet18.yaml"),
     Demo("detector", "YOLO-style detector (ResNet-18 + FPN + FCOS-style head) on scenes", "detector-yolo-scenes.yaml",
          {"train.epochs": 8}),
