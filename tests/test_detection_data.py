@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from edh.data.base import build_data
-from edh.data.coco import CocoAnnotationError, collate_detection
+from edh.data.coco import collate_detection
+from edh.data.coco_json import CocoAnnotationError
 
 CATEGORIES = [{"id": 3, "name": "three"}, {"id": 7, "name": "seven"}]  # ids with gaps, as in real COCO
 

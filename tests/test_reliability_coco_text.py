@@ -19,7 +19,7 @@ from PIL import Image
 
 from edh.core.errors import DataError, EdhError, SpecError
 from edh.data.base import build_data
-from edh.data.coco import CocoAnnotationError, CocoFilesMissingError, read_coco
+from edh.data.coco_json import CocoAnnotationError, CocoFilesMissingError, read_coco
 from edh.data.text import read_ding_pairs, read_tsv
 from edh.data.textfiles import TextEncodingError, TextFileMissingError, decode_text, read_lines
 

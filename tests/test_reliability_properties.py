@@ -177,7 +177,7 @@ def test_mostly_valid_coco_files_load_or_raise_edh_errors(coco_images, tmp_path,
     path.write_text(json.dumps(data))
     result = load_coco(coco_images, path, strict, fractions)
     if not isinstance(result, EdhError):  # nothing lost: every annotation is kept, reported, or a counted crowd
-        from edh.data.coco import read_coco
+        from edh.data.coco_json import read_coco
 
         found = read_coco(path, coco_images)
         kept = sum(len(image.boxes) for image in found.images)

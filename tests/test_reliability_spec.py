@@ -30,8 +30,8 @@ from pydantic import Field
 import edh
 from edh.core.builder import OPTION_RANGES, Range, validate_options
 from edh.core.errors import EdhError, SpecError
-from edh.core.spec import (MAX_SPEC_BYTES, ModelSpec, RunSpec, from_yaml, load_spec, load_yaml_text, override,
-                           parse_model_spec, parse_run_spec, read_yaml)
+from edh.core.spec import ModelSpec, RunSpec, from_yaml, load_spec, override, parse_model_spec, parse_run_spec
+from edh.core.spec_yaml import MAX_SPEC_BYTES, load_yaml_text, read_yaml
 from edh.data.base import DataInfo
 from edh.utils.io import WeightsFileError, load_tensors, save_tensors
 

@@ -12,7 +12,8 @@ import edh
 from edh.data.base import build_data
 from edh.core.features import FeatureSpec
 from edh.heads.segmentation import SegmentationHead, dice_loss
-from edh.core.spec import parse_run_spec, read_yaml
+from edh.core.spec import parse_run_spec
+from edh.core.spec_yaml import read_yaml
 from edh.core.errors import SpecError
 from roles import check_matches_spec
 

@@ -73,8 +73,7 @@ class Model(nn.Module):
         for name, head_spec in spec.heads.items():
             self._attach_head(name, head_spec)
         self.__dict__["_objective"] = None  # a model without heads: its decoder's objective (`tasks`)
-        if not self.heads:
-            self.__dict__["_objective"] = self._build_objective()
+        self.tasks()  # what the model is trained on exists and fits now, not at the first step
 
     # ---- wiring -------------------------------------------------------------------------------
     @staticmethod
@@ -159,7 +158,7 @@ class Model(nn.Module):
         The objective holds no parameters and is not a role of the model: its role table shows no head."""
         if len(self.heads):
             return dict(self.heads)
-        if self.__dict__["_objective"] is None:  # every head was removed
+        if self.__dict__["_objective"] is None:
             self.__dict__["_objective"] = self._build_objective()
         return {"decoder": self.__dict__["_objective"]}
 

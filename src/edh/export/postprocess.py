@@ -152,27 +152,27 @@ def export_with_postprocess(run: Any, model: nn.Module, reference: nn.Module, ex
     """Export ``model`` with its heads' post-processing in the graph (`postprocessed_heads`); check it
     against ``reference`` (the run's eager model) on ``probe`` images."""
 
-    heads = postprocessed_heads(model)
-    if not heads:
+    postprocessing = postprocessed_heads(model)
+    if not postprocessing:
         raise ExportError(f"{run.path}: --nms puts heads' post-processing in the graph, but none of this model's "
                           f"heads ({', '.join(model.heads) or 'none'}) has any to export (e.g. a detection head)")
-    stuck = [n for n, h in model.heads.items() if not h.export_raw and n not in heads]
+    stuck = [n for n, h in model.heads.items() if not h.export_raw and n not in postprocessing]
     if stuck:
         raise ExportError(f"{', '.join(stuck)}: the raw outputs cannot be exported with a batch axis and the head "
                           "declares no post-processing to export (export_postprocess)")
-    batched = all(model.heads[n].export_postprocess == "batched" for n in heads)
-    wrapper = WithPostprocess(model, heads).eval()
-    metadata = {**metadata, "nms": True, "postprocess_heads": heads, "batch": None if batched else 1}
+    batched = all(model.heads[n].export_postprocess == "batched" for n in postprocessing)
+    wrapper = WithPostprocess(model, postprocessing).eval()
+    metadata = {**metadata, "nms": True, "postprocess_heads": postprocessing, "batch": None if batched else 1}
     inputs = example if batched else example[:1]
     with torch.inference_mode():
         traced = wrapper(inputs)
-    counts = {output: {0: f"{output}.rows"} for n in heads
+    counts = {output: {0: f"{output}.rows"} for n in postprocessing
               for output, value in zip(*flatten(traced[n], n)[:2]) if value.ndim}  # data-dependent counts
     if batched:
         export_graph(wrapper, (inputs,), out, ["images"], opset, probe=(probe,), dynamic_axes=counts,
                      metadata=metadata)
     else:
-        notes.append(f"post-processing of {', '.join(heads)} traced at batch 1 (per-image outputs): "
+        notes.append(f"post-processing of {', '.join(postprocessing)} traced at batch 1 (per-image outputs): "
                      "onnxruntime runs one image at a time")
         export_graph(wrapper, (inputs,), out, ["images"], opset, dynamic_axes=counts, metadata=metadata)
     graph = OnnxGraph(out)
@@ -182,7 +182,7 @@ def export_with_postprocess(run: Any, model: nn.Module, reference: nn.Module, ex
     size = tuple(probe.shape[-2:])
     checks = []
     for name, head in reference.heads.items():
-        if name in heads:
+        if name in postprocessing:
             checks += compare_predictions(head, head.predict(eager[name], input_size=size, inputs=probe),
                                           runtime[name], name)
         else:  # another head in the same graph (multi-task): its raw outputs
@@ -192,6 +192,6 @@ def export_with_postprocess(run: Any, model: nn.Module, reference: nn.Module, ex
     if bad:
         raise ExportCheckError(f"{out} does not match eager PyTorch: " + "; ".join(
             f"{c.name} max abs diff {c.max_abs_diff:.3g}" for c in bad) + f" > tolerance {tolerance:g}")
-    notes.append(f"post-processing in graph for {', '.join(heads)}: predictions equal to eager predict on "
+    notes.append(f"post-processing in graph for {', '.join(postprocessing)}: predictions equal to eager predict on "
                  f"{len(probe)} images")
     return ExportReport([out], {out.name: checks}, notes)

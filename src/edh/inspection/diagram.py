@@ -84,8 +84,10 @@ def draw(model, description: Description, path: str | Path, title: str = "") -> 
             source = f"encoder.{len(levels) - 1}"
         x0, y0 = sources.get(source, sources["encoder"])
         arrow(x0 + 0.05, y0, next_x - 0.05, y, head.input[0] if head.input else "")
-    if not heads and has_decoder:
-        axis.text(next_x, mid, "no head:\nthe decoder's output\nis the result", fontsize=8, va="center")
+    for name, task in model.tasks().items():
+        if name not in model.heads:  # the decoder's objective (`Model.tasks`): the model has no head
+            axis.text(next_x, mid, f"no head:\nthe decoder's output\nis the result\n(scored: {task.task})", fontsize=8,
+                      va="center")
     axis.set_title(title or f"edh model, input {'x'.join(map(str, description.input_size))}", fontsize=10)
     buffer = io.BytesIO()
     fig.savefig(buffer, format=path.suffix[1:], bbox_inches="tight", dpi=110)

@@ -239,21 +239,13 @@ def safetensors_metadata(path: str | Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in str(version).split(".")[:3]:
-        digits = "".join(ch for ch in piece.split("+")[0] if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
-
-
 def check_edh_version(metadata: dict[str, str], path: str | Path) -> None:
     """Weights written by a newer edh: a warning naming both versions (they are loaded; the caller
     checks that every tensor's name and shape fit the model)."""
-    from edh.version import __version__
+    from edh.version import __version__, version_tuple
 
     written = metadata.get("edh_version")
-    if written and _version_tuple(written) > _version_tuple(__version__):
+    if written and version_tuple(written) > version_tuple(__version__):
         log.warning("%s was written by edh %s, newer than the installed edh %s; loading it, since every tensor "
                     "is checked against the model, but upgrade edh (pip install -U edh) if its results look "
                     "wrong", path, written, __version__)

@@ -79,7 +79,8 @@ def example_pictures(run, out_dir: Path, count: int = 8) -> list[Path]:
 def load_config(name: str, overrides: dict[str, Any] | None = None):
     """The shipped config ``name`` as a `RunSpec`, with dotted-key ``overrides`` applied first
     (``{"train.epochs": 2}``; a value of None removes the key: ``{"model.heads.label": None}``)."""
-    from edh.core.spec import parse_run_spec, read_yaml
+    from edh.core.spec import parse_run_spec
+    from edh.core.spec_yaml import read_yaml
 
     data = read_yaml(config_path(name))
     for dotted, value in (overrides or {}).items():

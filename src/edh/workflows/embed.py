@@ -13,8 +13,10 @@ from edh.workflows.run import Run
 
 def embed_images(run: Run, paths: list[str | Path], role: str = "encoder", batch_size: int = 32) -> np.ndarray:
     """``(N, C)`` float32 pooled features of ``role`` (``encoder``, ``encoder.N`` or ``decoder``)."""
+    from edh.workflows.data_check import check_run_info
     from edh.workflows.inputs import reader_for
 
+    check_run_info(run)  # the preprocessing of data.json is what training used
     reader = reader_for(run)
     if not reader.pictures:
         raise ValueError(f"edh embed reads image files, and {run.path} takes {run.info.input_kind} inputs; embed "

@@ -7,6 +7,7 @@ or sentences) into the batch the run's model takes, preprocessed exactly as the 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -38,15 +39,13 @@ class InputReader:
 def read_images(run: Any, paths: list[str | Path]) -> torch.Tensor:
     """Read, resize and normalise image files as the run's data was: ``(N, C, H, W)``.
 
-    The preprocessing is the run's ``data.json``, checked against its fingerprint (what training
-    used; `edh.workflows.data_check.check_run_info`): an edited ``data.json`` is a `DataError`.
-    Images are read upright (EXIF orientation applied) by the same `read_image` as training.
+    The preprocessing is the run's ``data.json``, which the workflows check once against its
+    fingerprint before reading (`edh.workflows.data_check.check_run_info`). Images are read upright
+    (EXIF orientation applied) by the same `read_image` as training.
     """
     from edh.data.files import read_image
     from edh.data.transforms import eval_transform
-    from edh.workflows.data_check import check_run_info
 
-    check_run_info(run)
     info = run.info
     transform = eval_transform(info.image_size, info.mean, info.std)
     images = [transform(read_image(p, info.in_channels)) for p in paths]
@@ -57,25 +56,40 @@ def read_images(run: Any, paths: list[str | Path]) -> torch.Tensor:
     return torch.stack(images)
 
 
+@functools.lru_cache(maxsize=8)
+def _tokenizer_at(path: str, modified_ns: int):
+    from edh.data.tokenizer import TextTokenizer
+
+    return TextTokenizer.from_file(path)
+
+
 def run_tokenizer(run: Any):
-    """The tokenizer a text run was trained with (``tokenizer.json`` in its folder)."""
+    """The tokenizer a text run was trained with (``tokenizer.json`` in its folder), read once per
+    process (again when the file changes)."""
     from edh.data.tokenizer import TextTokenizer
 
     name = run.info.extra.get("tokenizer_file")
     if not name:
         raise ValueError(f"{run.path}/data.json names no tokenizer_file; this run was not trained on text data")
-    return TextTokenizer.from_file(Path(run.path) / name)
+    path = Path(run.path) / name
+    try:
+        return _tokenizer_at(str(path), path.stat().st_mtime_ns)
+    except OSError:
+        return TextTokenizer.from_file(path)  # its own error names the missing or unreadable file
+
+
+def encode_texts(run: Any, tokenizer: Any, texts: list[str]) -> list[torch.Tensor]:
+    """Source token ids as the training data had them: truncated to the run's ``max_tokens``, ``<eos>`` last."""
+    keep = int(run.info.extra.get("max_tokens", 256)) - 2
+    return [torch.tensor(ids[:keep] + [tokenizer.eos_id]) for ids in tokenizer.encode_batch(list(texts))]
 
 
 def read_texts(run: Any, texts: list[str]) -> torch.Tensor:
-    """Sentences -> right-padded token ids ``(N, S)`` as the training data had them (truncated to the
-    run's ``max_tokens``, ``<eos>`` last)."""
+    """Sentences -> right-padded token ids ``(N, S)`` (`encode_texts`)."""
     from edh.data.text import pad_batch
 
     tokenizer = run_tokenizer(run)
-    keep = int(run.info.extra.get("max_tokens", 256)) - 2
-    rows = [torch.tensor(ids[:keep] + [tokenizer.eos_id]) for ids in tokenizer.encode_batch(list(texts))]
-    return pad_batch(rows, tokenizer.pad_id)
+    return pad_batch(encode_texts(run, tokenizer, texts), tokenizer.pad_id)
 
 
 INPUT_READERS: dict[str, InputReader] = {

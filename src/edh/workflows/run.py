@@ -27,7 +27,8 @@ import torch
 
 from edh.data.base import DataInfo
 from edh.utils.io import LOCK_FILE, WeightsFileError, atomic_write_text, load_tensors, save_tensors
-from edh.core.spec import RunSpec, parse_run_spec, read_yaml, to_dict, to_yaml
+from edh.core.spec import RunSpec, parse_run_spec, to_dict, to_yaml
+from edh.core.spec_yaml import read_yaml
 from edh.core.errors import ResumeMismatchError, RunExistsError, RunFolderError, SpecError
 from edh.version import __version__
 

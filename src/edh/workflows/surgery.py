@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 from edh.core.model import Model
-from edh.core.spec import load_yaml_text
+from edh.core.spec_yaml import load_yaml_text
 
 
 def parse_head_option(text: str) -> tuple[str, dict[str, Any]]:

@@ -13,14 +13,13 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from edh.data.tokenizer import TextTokenizer
 from edh.ops.generation import generate, generates, generation_head
+from edh.workflows.inputs import encode_texts, run_tokenizer
 from edh.workflows.run import Run
 
 
@@ -39,11 +38,7 @@ class Translator:
         self.run = run
         self.model = run.model.eval()
         self.head_name, self.head = generation_head(self.model)
-        name = run.info.extra.get("tokenizer_file")
-        if not name:
-            raise ValueError(f"{run.path}/data.json names no tokenizer_file; this run was not trained on text data")
-        self.tokenizer = TextTokenizer.from_file(Path(run.path) / name)
-        self.max_tokens = int(run.info.extra.get("max_tokens", 256))
+        self.tokenizer = run_tokenizer(run)
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Translator":
@@ -53,8 +48,7 @@ class Translator:
 
     def encode(self, texts: list[str]) -> list[torch.Tensor]:
         """Source token ids as the training data had them (truncated, ``<eos>`` last)."""
-        keep = self.max_tokens - 2
-        return [torch.tensor(ids[:keep] + [self.tokenizer.eos_id]) for ids in self.tokenizer.encode_batch(texts)]
+        return encode_texts(self.run, self.tokenizer, texts)
 
     def translate_ids(self, sources: list[torch.Tensor], beam_size: int | None = None,
                       length_penalty: float | None = None, max_new_tokens: int | None = None, batch_size: int = 64,
@@ -107,13 +101,14 @@ def evaluate_translation(run: Run, split: str = "test", batch_size: int | None =
     """
     from edh.data.base import build_data
     from edh.workflows.evaluation import Evaluation
+    from edh.core.builder import option_names
     from edh.core.registry import lookup
 
     translator = Translator(run)
     spec = run.spec
     options = spec.data.options()
     builder = lookup("dataset", spec.data.name)
-    if "tokenizer_file" in inspect.signature(builder).parameters:
+    if "tokenizer_file" in option_names(builder):
         options["tokenizer_file"] = str(Path(run.path) / run.info.extra["tokenizer_file"])
     bundle = build_data(spec.data.name, options, spec.data.seed)
     dataset = {"test": bundle.test, "val": bundle.val, "train": bundle.train}[split]
