@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 # EDH_EXTRA_APT adds packages (the tests add chromium, for the browser test of the demo report).
-APT_PACKAGES="dataset-fashion-mnist trans-de-en ${EDH_EXTRA_APT:-}"
+APT_PACKAGES="dataset-fashion-mnist trans-de-en espeak-ng ${EDH_EXTRA_APT:-}"
 
 if [ "${EDH_SKIP_APT:-0}" != "1" ]; then
   missing=""

@@ -152,6 +152,13 @@ TINY: dict[tuple[str, str], Case] = {
                                      targets=lambda inputs, context: {"inputs": inputs}, target="image"),
 }
 
+# the cases of the sequence (RNN) and speech components live beside this table, one file per family
+from cases_rnn import CASES as _RNN_CASES  # noqa: E402
+from cases_speech import CASES as _SPEECH_CASES  # noqa: E402
+
+TINY.update(_RNN_CASES)
+TINY.update(_SPEECH_CASES)
+
 
 def registered(role: str) -> list[str]:
     return registry.names(role)

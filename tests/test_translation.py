@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import edh
-from edh.data.base import DataFilesMissingError, build_data
+from edh.data.base import DataFilesMissingError, DataInfo, build_data
 from edh.data.text import collate_translation, read_ding_pairs, read_tsv
 from edh.data.tokenizer import TextTokenizer
 from edh.ops.generation import beam_search, generate, generates, generation_head, greedy_search, greedy_uncached
@@ -347,7 +347,7 @@ def test_a_second_step_decoder_exports_and_generates_the_same(tmp_path):
     from edh.export.generation import OnnxSeq2Seq, export_seq2seq
 
     model = gru_translator()
-    report = export_seq2seq(SimpleNamespace(model=model), tmp_path / "model.onnx", None, 17, 1e-4)
+    report = export_seq2seq(SimpleNamespace(model=model, info=DataInfo(input_kind="tokens")), tmp_path / "model.onnx", None, 17, 1e-4)
     assert [p.name for p in report.files] == ["model.onnx", "model.decoder_step.onnx"]
     assert any(n.startswith("beam search (beam 3)") and "tokens equal" in n for n in report.notes)
     names = [c.name for c in report.checks["model.decoder_step.onnx"]]

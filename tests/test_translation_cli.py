@@ -56,7 +56,7 @@ def test_eval_prints_bleu_chrf_exact_match_and_examples(run_dir):
     text = edh("eval", run_dir).stdout
     assert "bleu=" in text and "chrf=" in text and "exact_match=" in text and "examples" in text
     metrics = json.loads(edh("eval", run_dir, "--json").stdout)["metrics"]["tokens"]
-    assert set(metrics) == {"bleu", "chrf", "exact_match"}
+    assert set(metrics) == {"bleu", "chrf", "cer", "exact_match"}
     assert 0 <= metrics["exact_match"] <= 1 and metrics["chrf"] > 40  # 80 steps: well above chance (~90 here)
 
 

@@ -2,6 +2,7 @@
 
 from edh.data import images  # noqa: F401
 from edh.data import scenes  # noqa: F401
+from edh.data import scene_captions  # noqa: F401
 from edh.data import masks  # noqa: F401
 from edh.data import text  # noqa: F401
 from edh.data import coco  # noqa: F401

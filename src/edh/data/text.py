@@ -60,6 +60,14 @@ class ParallelText(Dataset):
         self.sources = [torch.tensor(s[:keep] + [eos]) for s in sources]
         self.targets = [torch.tensor([bos] + t[:keep] + [eos]) for t in targets]
 
+    @property
+    def source_texts(self) -> list[str]:
+        return [source for source, _ in self.pairs]
+
+    @property
+    def references(self) -> list[str]:
+        return [target for _, target in self.pairs]
+
     def __len__(self) -> int:
         return len(self.pairs)
 

@@ -12,7 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from edh.core.features import FeatureSpec
+from edh.core.errors import SpecError
+from edh.core.features import FeatureSpec, Sequence
+from edh.layers.positional import sinusoidal_2d
 
 
 class Decoder(nn.Module):
@@ -39,6 +41,11 @@ class Decoder(nn.Module):
 
     def forward(self, features: Any, **context: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def example_context(self, inputs: torch.Tensor) -> dict[str, Any]:
+        """What ``describe`` passes to ``Model.forward`` beside an example input (a step decoder's
+        target prefix). Default: nothing."""
+        return {}
 
     def objective(self) -> tuple[str, dict[str, Any]] | None:
         """How this decoder's output is scored when the model has no heads (its output *is* the
@@ -73,6 +80,27 @@ class StepCache:
 ROWS = "rows"  # the name of the axis that beam search repeats (once per beam) and reorders
 
 
+class PyramidMemory(nn.Module):
+    """The adapter from an image encoder's pyramid to a step decoder's memory: one level's map
+    ``(B, C, H, W)`` flattened row-major to a `Sequence` ``(B, H*W, C)``, plus 2-D sinusoidal
+    positions (`edh.layers.positional.sinusoidal_2d`), with no padding (every cell is real).
+
+    This is how an image captioner's or OCR model's decoder attends over the image (Xu et al. 2015,
+    "Show, Attend and Tell"; DETR's 2-D positions). It holds no weights: the decoder's
+    cross-attention projects the cells.
+    """
+
+    def __init__(self, level: int, channels: int) -> None:
+        super().__init__()
+        self.level, self.channels = level, channels
+
+    def forward(self, pyramid: list[torch.Tensor]) -> Sequence:
+        fmap = pyramid[self.level]  # (B, C, H, W)
+        B, C, H, W = fmap.shape
+        cells = fmap.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        return Sequence(cells + sinusoidal_2d(H, W, C, fmap.device, cells.dtype), None)
+
+
 class StepDecoder(Decoder):
     """A decoder that also decodes one position per row at a time, from a typed cache.
 
@@ -103,7 +131,7 @@ class StepDecoder(Decoder):
         export_axes: the dynamic axes of the export tensors (see above).
     """
 
-    accepts: tuple[str, ...] = ("sequence",)
+    accepts: tuple[str, ...] = ("sequence", "pyramid")
     produces: str = "sequence"
     bos_id: int = 1
     eos_id: int = 2
@@ -111,6 +139,48 @@ class StepDecoder(Decoder):
     max_length: int = 1024
     hidden_size: int = 0
     export_axes: dict[str, dict[int, str]] = {}
+
+    # ---- the memory: what the decoder attends over -------------------------------------------------
+    def init_memory(self, in_spec: FeatureSpec, memory_level: int = -1) -> int:
+        """Set up the memory adapter for ``in_spec``; returns the memory width the decoder attends over.
+
+        A `Sequence` (text, audio) is the memory as it is. A pyramid (an image encoder: captioning,
+        OCR) becomes one: level ``memory_level`` (default the deepest) flattened to ``H*W`` cells with
+        2-D positions (`PyramidMemory`). A level that does not exist, or a width the positions cannot
+        encode, is a `SpecError` at build time.
+        """
+        self.memory_adapter = None
+        if in_spec.kind == "sequence":
+            return in_spec.width
+        if in_spec.kind != "pyramid":
+            raise SpecError(f"decoder {type(self).__name__} attends over a sequence or an image pyramid, not a "
+                            f"{in_spec.kind} ({in_spec.describe()})")
+        levels = in_spec.num_levels
+        if not -levels <= memory_level < levels:
+            raise SpecError(f"decoder.memory_level is {memory_level}, but the encoder's pyramid has levels "
+                            f"0..{levels - 1} ({in_spec.describe()}); pick one of them (-1: the deepest)")
+        width = in_spec.channels[memory_level]
+        if width % 4:
+            raise SpecError(f"decoder.memory_level {memory_level} has {width} channels; its 2-D positions need a "
+                            "multiple of 4: pick another level or an encoder with such a width")
+        self.memory_adapter = PyramidMemory(memory_level % levels, width)
+        return width
+
+    def memory(self, features: Any) -> Sequence:
+        """The encoder's output as the `Sequence` the decoder attends over (`init_memory`).
+        `edh.ops.generation` and the export call it before `init_cache` / `export_memory`;
+        ``forward`` calls it itself (a `Sequence` passes unchanged)."""
+        if isinstance(features, Sequence):
+            return features
+        adapter = getattr(self, "memory_adapter", None)
+        if adapter is None:
+            raise ValueError(f"decoder {type(self).__name__} was built on a sequence but got {type(features).__name__}")
+        return adapter(features)
+
+    def example_context(self, inputs: torch.Tensor) -> dict[str, Any]:
+        """What ``describe`` passes beside an example input: a target prefix of 5 tokens."""
+        return {"decoder_input": torch.full((inputs.shape[0], 5), self.bos_id, dtype=torch.long,
+                                            device=inputs.device)}
 
     # ---- eager generation ---------------------------------------------------------------------------
     def objective(self) -> None:

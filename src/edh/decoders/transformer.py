@@ -109,13 +109,15 @@ class TransformerDecoder(StepDecoder):
         pad_id, bos_id, eos_id: special tokens (padding, start of a target, end of a target).
         share_embeddings: use the encoder's token embedding (needs equal vocab_size and d_model).
         scale_embeddings: multiply token embeddings by sqrt(d_model).
+        memory_level: on an image encoder (captioning, OCR), the pyramid level attended over, flattened
+            to cells with 2-D positions (`StepDecoder.init_memory`); -1: the deepest.
 
     Shapes:
-        memory `Sequence` ``(B, S, C)`` + decoder_input ``(B, T)`` -> `Sequence` ``(B, T, d_model)``
+        memory `Sequence` ``(B, S, C)`` (or a pyramid, see ``memory_level``) + decoder_input ``(B, T)`` -> `Sequence` ``(B, T, d_model)``
         with the target padding mask ``(B, T)``.
     """
 
-    accepts = ("sequence",)
+    accepts = ("sequence", "pyramid")
     produces = "sequence"
     export_axes = {"memory_kv": {2: "rows", 4: "source"}, "memory_mask": {0: "rows", 3: "source"},
                    "self_kv": {0: "past", 1: "rows"}}
@@ -125,8 +127,10 @@ class TransformerDecoder(StepDecoder):
                  dropout: float | None = None, attention_dropout: float = 0.0, activation: str = "relu",
                  norm_first: bool = True,
                  positions: str = "sinusoidal", max_len: int = 1024, pad_id: int = 0, bos_id: int = 1,
-                 eos_id: int = 2, share_embeddings: bool = True, scale_embeddings: bool = True) -> None:
+                 eos_id: int = 2, share_embeddings: bool = True, scale_embeddings: bool = True,
+                 memory_level: int = -1) -> None:
         super().__init__(in_spec)
+        memory_width = self.init_memory(in_spec, memory_level)
         size = resolve_preset(preset, d_model=d_model, num_layers=num_layers, num_heads=num_heads, ffn_dim=ffn_dim,
                               dropout=dropout)
         for name, value in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
@@ -142,7 +146,7 @@ class TransformerDecoder(StepDecoder):
         self.positions = make_positions(positions, self.d_model, max_len)
         self.dropout = nn.Dropout(size["dropout"])
         self.layers = nn.ModuleList(
-            DecoderLayer(self.d_model, size["num_heads"], size["ffn_dim"], in_spec.width, size["dropout"], activation,
+            DecoderLayer(self.d_model, size["num_heads"], size["ffn_dim"], memory_width, size["dropout"], activation,
                          norm_first, attention_dropout) for _ in range(size["num_layers"]))
         self.final_norm = nn.LayerNorm(self.d_model) if norm_first else nn.Identity()
         self.out_spec = FeatureSpec("sequence", (self.d_model,))
@@ -195,7 +199,7 @@ class TransformerDecoder(StepDecoder):
             raise ValueError("the transformer decoder needs the target prefix: pass decoder_input=(B, T) token ids "
                              "(bos + target[:-1]); translation batches carry it as {'decoder_input': ...}, the third "
                              "element of (inputs, targets, context)")
-        memory, memory_padding = features
+        memory, memory_padding = self.memory(features)
         T = decoder_input.shape[1]
         x = self.token_embedding(decoder_input) * self.embed_scale + self.positions(T)  # (B, T, D)
         x = self.dropout(x)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import nn
@@ -39,11 +38,6 @@ class Encoder(nn.Module):
         if self.input_kind == "tokens":
             return torch.ones(batch_size, *size, dtype=torch.long, device=device)
         return torch.zeros(batch_size, self.in_channels, *size, device=device)
-
-    def describe_context(self, size: tuple[int, ...]) -> dict[str, Any]:
-        """Extra ``Model.forward`` context that ``describe`` passes with the example input of ``size``
-        (a seq2seq model's decoder prefix). Default: none."""
-        return {}
 
     def check_input(self, inputs: torch.Tensor) -> None:
         """Raise a clear error when an image batch does not fit this encoder."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
@@ -86,7 +85,3 @@ class TransformerEncoder(Encoder):
         for layer in self.layers:
             x = layer(x, mask)
         return Sequence(self.final_norm(x), padding)
-
-    def describe_context(self, size: tuple[int, ...]) -> dict[str, Any]:
-        """What ``describe`` passes beside the example input: a target prefix for a seq2seq decoder."""
-        return {"decoder_input": torch.ones(1, size[0], dtype=torch.long, device=self.token_embedding.weight.device)}

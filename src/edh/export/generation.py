@@ -52,8 +52,10 @@ class EncoderGraph(nn.Module):
         self.encoder, self.decoder = model.encoder, model.decoder
 
     def forward(self, source: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.encoder(source)
-        padding = features.padding_mask if features.padding_mask is not None else source.new_zeros(source.shape).bool()
+        features = self.decoder.memory(self.encoder(source))  # a Sequence (an image's cells: `StepDecoder.memory`)
+        padding = features.padding_mask
+        if padding is None:
+            padding = torch.zeros(features.features.shape[:2], dtype=torch.bool, device=features.features.device)
         memory = self.decoder.export_memory(features)
         return {"features": features.features, "padding_mask": padding, **memory,
                 **self.decoder.export_initial_state(memory)}
@@ -81,10 +83,17 @@ def step_path(path: str | Path) -> Path:
     return path.with_name(path.name.removesuffix(".onnx") + STEP_SUFFIX)
 
 
-def _sources(vocab: int, lengths: list[int], pad: int, eos: int, seed: int) -> torch.Tensor:
-    """Random source token ids ``(B, max(lengths))``, ``eos`` last, right-padded: rows of other lengths,
-    so the traced graphs take the padding-mask branch."""
+def _sources(model: nn.Module, image_size: Any, vocab: int, lengths: list[int], pad: int, eos: int,
+             seed: int) -> torch.Tensor:
+    """Example encoder inputs, one per entry of ``lengths``: for a token encoder, random ids
+    ``(B, max(lengths))``, ``eos`` last, right-padded (rows of other lengths, so the traced graphs take
+    the padding-mask branch); for any other input (images...), random values of the encoder's
+    example input (at the run's ``image_size`` when it has one)."""
     generator = torch.Generator().manual_seed(seed)
+    encoder = model.encoder
+    if encoder.input_kind != "tokens":
+        example = encoder.example_input(tuple(image_size) if image_size else None, batch_size=len(lengths))
+        return torch.rand(example.shape, generator=generator).to(example.dtype)
     special = max(pad, eos) + 2
     rows = torch.full((len(lengths), max(lengths)), pad, dtype=torch.long)
     for row, length in enumerate(lengths):
@@ -97,7 +106,7 @@ def _names(model: nn.Module, source: torch.Tensor) -> tuple[list[str], list[str]
     """The decoder's memory and state tensor names, checked against the contract (names free, axes declared)."""
     decoder = model.decoder
     with torch.inference_mode():
-        memory = decoder.export_memory(model.encoder(source))
+        memory = decoder.export_memory(decoder.memory(model.encoder(source)))
         state = decoder.export_initial_state(memory)
     clash = (set(memory) & set(state)) | ((set(memory) | set(state)) & RESERVED)
     if clash:
@@ -143,7 +152,9 @@ def export_seq2seq(run: Any, out: Path, heads: list[str] | None, opset: int, tol
     decoder = model.decoder
     vocab = head.logits(torch.zeros(1, decoder.hidden_size)).shape[-1]
     pad, eos = decoder.pad_id, decoder.eos_id
-    example, probe = _sources(vocab, [7, 4], pad, eos, 0), _sources(vocab, [5, 9, 3], pad, eos, 1)
+    size = run.info.image_size
+    example, probe = _sources(model, size, vocab, [7, 4], pad, eos, 0), _sources(model, size, vocab, [5, 9, 3], pad, eos, 1)
+    source_axes = {0: "batch", 1: "source"} if model.encoder.input_kind == "tokens" else {0: "batch"}
     memory_names, state_names = _names(model, example)
     encoder_graph = EncoderGraph(model).eval()
     with torch.inference_mode():
@@ -156,7 +167,7 @@ def export_seq2seq(run: Any, out: Path, heads: list[str] | None, opset: int, tol
               "rows_axes": {n: rows_axes[n] for n in memory_names + state_names}}
     batch = {ROWS: "batch"}  # one row per source in the encoder graph
     export_graph(encoder_graph, (example,), out, ["source"], opset,
-                 dynamic_axes={"source": {0: "batch", 1: "source"}, "features": {0: "batch", 1: "source"},
+                 dynamic_axes={"source": source_axes, "features": {0: "batch", 1: "source"},
                                "padding_mask": {0: "batch", 1: "source"},
                                **_axes(decoder, memory_names + state_names, batch)},
                  metadata={**common, "kind": "seq2seq-encoder", "step_file": steps.name})
@@ -180,7 +191,7 @@ def export_seq2seq(run: Any, out: Path, heads: list[str] | None, opset: int, tol
                                for c in step_checks]
     runtime = OnnxSeq2Seq.load(out, run.model)
     notes = []
-    sources = _sources(vocab, [3 + 2 * i for i in range(check_sentences)], pad, eos, 2)
+    sources = _sources(model, size, vocab, [3 + 2 * i for i in range(check_sentences)], pad, eos, 2)
     for beams in (1, beam_size):
         eager = generate(run.model, sources, beam_size=beams, max_new_tokens=12)
         exported = generate(runtime, sources, beam_size=beams, max_new_tokens=12)
@@ -224,7 +235,8 @@ class OnnxEncoder:
         self.memory_names, self.state_names = memory_names, state_names
 
     def __call__(self, source: torch.Tensor) -> EncodedSource:
-        arrays = dict(zip(self.graph.output_names, self.graph.run_numpy(source.long())))
+        source = source if source.is_floating_point() else source.long()
+        arrays = dict(zip(self.graph.output_names, self.graph.run_numpy(source)))
         return EncodedSource(torch.from_numpy(arrays["features"]), torch.from_numpy(arrays["padding_mask"]),
                              {n: arrays[n] for n in self.memory_names}, {n: arrays[n] for n in self.state_names})
 
@@ -254,6 +266,10 @@ class OnnxDecoder(StepDecoder):
         index = {name: position for position, name in enumerate(graph.output_names)}
         self.logits_output = index["logits"]
         self.state_outputs = [index[f"{NEXT}.{name}"] for name in self.state_names]
+
+    def memory(self, features: EncodedSource) -> EncodedSource:
+        """The encoder graph's outputs are the memory already (its adapter is in the graph)."""
+        return features
 
     def init_cache(self, memory: EncodedSource, max_new_tokens: int, beam_size: int = 1) -> OnnxCache:
         self.check_length(max_new_tokens)

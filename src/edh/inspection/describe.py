@@ -116,7 +116,8 @@ def describe_model(model, input_size: tuple[int, ...] | None = None, context: di
     counter = FlopCounterMode(display=False, depth=None)
     try:
         with torch.no_grad(), counter:
-            model(example, **(context or encoder.describe_context(size)))
+            decoder_context = model.decoder.example_context(example) if model.decoder is not None else {}
+            model(example, **(context or decoder_context))
     finally:
         for hook in hooks:
             hook.remove()

@@ -59,3 +59,22 @@ def make_positions(kind: str, dim: int, max_len: int) -> nn.Module:
     if kind == "learned":
         return LearnedPositions(dim, max_len)
     raise ValueError(f"positions must be 'sinusoidal' or 'learned', got {kind!r}")
+
+
+def sinusoidal_2d(height: int, width: int, dim: int, device: torch.device | None = None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Fixed 2-D sine / cosine encodings of a ``height x width`` grid, row-major: ``(height * width, dim)``.
+
+    The first half of the channels encodes the row, the second half the column (each as the 1-D
+    sinusoids of Vaswani et al.), as DETR and ViT-style captioners do; ``dim`` must be a multiple of 4.
+    Computed from the grid size, so any image size works.
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sinusoidal positions need a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    frequency = torch.exp(torch.arange(quarter, device=device, dtype=torch.float32) * (-math.log(10000.0) / quarter))
+    rows = torch.arange(height, device=device, dtype=torch.float32)[:, None] * frequency  # (H, D/4)
+    cols = torch.arange(width, device=device, dtype=torch.float32)[:, None] * frequency  # (W, D/4)
+    row_code = torch.cat([rows.sin(), rows.cos()], dim=1)[:, None, :].expand(height, width, 2 * quarter)
+    col_code = torch.cat([cols.sin(), cols.cos()], dim=1)[None, :, :].expand(height, width, 2 * quarter)
+    return torch.cat([row_code, col_code], dim=2).reshape(height * width, dim).to(dtype)

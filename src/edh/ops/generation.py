@@ -57,9 +57,10 @@ def generation_head(model: Any) -> tuple[str, Any]:
                      "`heads: {tokens: {type: lm, source: decoder}}`")
 
 
-def default_max_new_tokens(source_length: int, decoder: StepDecoder) -> int:
-    """1.5 x the source length + 10, within the decoder's ``max_length``."""
-    return min(int(source_length * 1.5) + 10, decoder.max_length)
+def default_max_new_tokens(source_length: int | None, decoder: StepDecoder) -> int:
+    """1.5 x the source length + 10 (a source of tokens), else 128 (images, audio), within the decoder's
+    ``max_length``."""
+    return min(int(source_length * 1.5) + 10 if source_length is not None else 128, decoder.max_length)
 
 
 def _lengths(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -201,7 +202,7 @@ def generate(model: Any, source: torch.Tensor, beam_size: int | None = None, max
 
     Args:
         model: an edh `Model` with a `StepDecoder` and a head on it that ``generates`` (``lm``).
-        source: ``(B, S)`` token ids, right-padded.
+        source: the encoder's input: ``(B, S)`` token ids, right-padded (or images, audio...).
         head: the head to use (default: the first that reads the decoder).
     """
     if not generates(model):
@@ -214,11 +215,12 @@ def generate(model: Any, source: torch.Tensor, beam_size: int | None = None, max
     beam_size = beam_size if beam_size is not None else defaults.get("beam_size", 1)
     length_penalty = length_penalty if length_penalty is not None else defaults.get("length_penalty", 1.0)
     max_new_tokens = max_new_tokens or defaults.get("max_new_tokens") or \
-        default_max_new_tokens(source.shape[1], model.decoder)
+        default_max_new_tokens(source.shape[1] if source.ndim == 2 and not source.is_floating_point() else None,
+                               model.decoder)
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
     with torch.inference_mode():
-        memory = model.encoder(source)
+        memory = model.decoder.memory(model.encoder(source))  # a Sequence (an image pyramid: its cells)
         if beam_size == 1:
             return greedy_search(model.decoder, lm.logits, memory, max_new_tokens, min_new_tokens)
         return beam_search(model.decoder, lm.logits, memory, beam_size, max_new_tokens, length_penalty,

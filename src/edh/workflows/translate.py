@@ -1,9 +1,12 @@
-"""Translation with a trained run: `Translator` (text in, text out, batched) and its evaluation.
+"""Text generation with a trained run: `Translator` (text, images or audio in, text out, batched) and
+its evaluation.
 
 The run folder holds everything: the model (spec + weights) and ``tokenizer.json`` with the
-special tokens, so no flags are needed beyond the run folder. BLEU and chrF come from sacrebleu
-on detokenised text against the raw reference sentences; exact match compares whitespace-
-normalised strings.
+special tokens, so no flags are needed beyond the run folder. Inputs are read by the reader of the
+run's input kind (`edh.workflows.inputs`): sentences for a translator, image files for a captioner,
+audio clips for a speech model. BLEU and chrF come from sacrebleu on detokenised text against the raw
+reference text; CER is the character edit distance over the reference's length (torchmetrics);
+exact match compares whitespace-normalised strings.
 
 Example:
     >>> translator = Translator.load("runs/translator-numbers")
@@ -73,16 +76,39 @@ class Translator:
         ids = self.translate_ids(self.encode(texts), **options)
         return [self.tokenizer.decode(row) if text.strip() else "" for row, text in zip(ids, texts)]
 
+    def generate_ids(self, inputs: torch.Tensor, beam_size: int | None = None, length_penalty: float | None = None,
+                     max_new_tokens: int | None = None) -> list[list[int]]:
+        """Generated token ids (up to ``<eos>``) for one batch of model inputs (images, audio, token ids)."""
+        device = next(self.model.parameters()).device
+        out = generate(self.model, inputs.to(device), beam_size=beam_size, max_new_tokens=max_new_tokens,
+                       length_penalty=length_penalty, head=self.head_name)
+        return [out.tokens[row, :int(out.lengths[row])].tolist() for row in range(out.tokens.shape[0])]
+
+    def describe_files(self, paths: list[str], batch_size: int = 16, **options: Any) -> list[str]:
+        """The text generated for each input file (an image's caption, a clip's transcript)."""
+        from edh.workflows.inputs import reader_for
+
+        reader = reader_for(self.run)
+        step = 1 if reader.one_at_a_time(self.run) else batch_size
+        texts: list[str] = []
+        for start in range(0, len(paths), step):
+            chunk = [Path(p) for p in paths[start:start + step]]
+            texts += self.tokenizer.decode_batch(self.generate_ids(reader.read(self.run, chunk), **options))
+        return texts
+
 
 def translation_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
-    """Corpus BLEU and chrF (sacrebleu, 0-100) and exact match (0-1)."""
+    """Corpus BLEU and chrF (sacrebleu, 0-100), character error rate (0-1+, torchmetrics) and exact
+    match (0-1)."""
     import sacrebleu
+    from torchmetrics.functional.text import char_error_rate
 
     if not references:
         raise ValueError("no references to score against (the split is empty)")
     exact = sum(" ".join(h.split()) == " ".join(r.split()) for h, r in zip(hypotheses, references))
     return {"bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
             "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+            "cer": float(char_error_rate(hypotheses, references)),
             "exact_match": exact / len(references)}
 
 
@@ -112,11 +138,17 @@ def evaluate_translation(run: Run, split: str = "test", batch_size: int | None =
         options["tokenizer_file"] = str(Path(run.path) / run.info.extra["tokenizer_file"])
     bundle = build_data(spec.data.name, options, spec.data.seed)
     dataset = {"test": bundle.test, "val": bundle.val, "train": bundle.train}[split]
-    ids = translator.translate_ids(list(dataset.sources), beam_size=beam_size,
-                                   batch_size=batch_size or spec.data.batch_size, progress=progress)
+    # inputs of similar size share a batch (token sources by length, clips by samples; images keep their order)
+    order = sorted(range(len(dataset)), key=lambda i: dataset[i][0].shape[-1])
+    step = batch_size or spec.data.batch_size
+    chunks = [order[start:start + step] for start in range(0, len(order), step)]
+    ids: list[list[int]] = [[] for _ in order]
+    for chunk in _progress(chunks, "generating", progress):
+        inputs = bundle.collate_fn([dataset[i] for i in chunk])[0]
+        for index, row in zip(chunk, translator.generate_ids(inputs, beam_size=beam_size)):
+            ids[index] = row
     hypotheses = translator.tokenizer.decode_batch(ids)
-    sources = [s for s, _ in dataset.pairs]
-    references = [t for _, t in dataset.pairs]
+    sources, references = list(dataset.source_texts), list(dataset.references)
     result = Evaluation(split, len(references))
     result.metrics[translator.head_name] = translation_scores(hypotheses, references)
     result.reports[translator.head_name] = example_lines(sources, hypotheses, references, examples)
@@ -132,7 +164,7 @@ def evaluate_translation(run: Run, split: str = "test", batch_size: int | None =
 
 def example_lines(sources: list[str], hypotheses: list[str], references: list[str], count: int = 5) -> list[str]:
     """The first ``count`` translations: ``source -> translation`` (+ the reference when they differ)."""
-    lines = ["examples (source -> translation):"] if count else []
+    lines = ["examples (input -> generated):"] if count else []
     for source, hypothesis, reference in list(zip(sources, hypotheses, references))[:count]:
         same = " ".join(hypothesis.split()) == " ".join(reference.split())
         lines.append(f"  {source} -> {hypothesis}" + ("  [exact]" if same else f"  [reference: {reference}]"))
@@ -142,9 +174,14 @@ def example_lines(sources: list[str], hypotheses: list[str], references: list[st
 def translate_lines(run: Run, texts: list[str], input_file: str | None = None, out_file: str | None = None,
                     **options: Any) -> list[str]:
     """Translate ``texts`` and the lines of ``input_file``; write one line per input to ``out_file``
-    (atomically) or print ``source<TAB>translation`` lines. Returns the translations."""
+    (atomically) or print ``source<TAB>translation`` lines. Returns the translations.
+
+    A run whose input is not text (a captioner, a speech model) reads ``texts`` as input files instead
+    (`describe_inputs`)."""
     from edh.utils.io import atomic_write_text
 
+    if run.info.input_kind != "tokens":
+        return describe_inputs(run, list(texts), out_file, **options)
     texts = list(texts)
     if input_file:  # one translation per line, empty lines included (UTF-8, or UTF-16 with a BOM)
         from edh.data.textfiles import read_lines
@@ -160,6 +197,26 @@ def translate_lines(run: Run, texts: list[str], input_file: str | None = None, o
         for source, translation in zip(texts, translations):
             print(f"{source}\t{translation}")
     return translations
+
+
+def describe_inputs(run: Run, paths: list[str], out_dir: str | None = None, **options: Any) -> list[str]:
+    """Print ``path<TAB>text`` for each input file of a captioning / speech run; for pictures (images),
+    with ``out_dir``, also write them with their captions to ``out_dir/captions.png``."""
+    from edh.workflows.inputs import reader_for
+
+    if not paths:
+        raise ValueError("give one or more input files: edh predict RUNDIR image.png ... (or clip.wav ...)")
+    translator = Translator(run)
+    texts = translator.describe_files(paths, **{k: v for k, v in options.items() if v is not None})
+    for path, text in zip(paths, texts):
+        print(f"{path}\t{translator.head_name}: {text}")
+    reader = reader_for(run)
+    if out_dir is not None and reader.pictures:
+        from edh.utils.plots import image_rows_png
+
+        rows = [(f"{Path(p).name}: {t}", reader.read(run, [Path(p)])) for p, t in zip(paths, texts)]
+        print(f"wrote {image_rows_png(rows, run.info.mean, run.info.std, Path(out_dir) / 'captions.png', columns=1)}")
+    return texts
 
 
 def _progress(iterable: list[Any], description: str, enabled: bool):
