@@ -56,6 +56,13 @@ def test_an_image_encoder_feeds_a_sequence_decoder_through_a_level_that_exists()
         captioner({"name": "conv", "in_channels": 3, "channels": [6, 10]})
 
 
+def test_a_timm_vit_feeds_a_transformer_decoder():
+    model = captioner({"name": "timm:test_vit"})
+    assert model.encoder.out_spec.kind == "pyramid"  # the ViT's tokens as a stride-16 map
+    tokens = generate(model, torch.rand(2, 3, 64, 64), max_new_tokens=4).tokens
+    assert tokens.shape[0] == 2
+
+
 def test_cached_generation_over_image_cells_matches_re_decoding_the_prefix():
     model = captioner()
     images = torch.rand(3, 3, 16, 32)
