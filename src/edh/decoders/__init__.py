@@ -3,6 +3,7 @@
 from edh.decoders import conv, unet  # noqa: F401
 from edh.decoders import fpn  # noqa: F401
 from edh.decoders import transformer  # noqa: F401
+from edh.decoders import rnn  # noqa: F401
 from edh.decoders.base import Decoder
 
 __all__ = ["Decoder"]
