@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"edh.commands.{name}")
         command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(command)
-        command.set_defaults(handler=module.run)
+        command.set_defaults(handler=module.run, items_dest=getattr(module, "ITEMS", None))
     return parser
 
 
@@ -40,7 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     fix it; also for bad arguments); 130 Ctrl-C (143 SIGTERM during training), with where training
     stopped and how to resume; 1 an internal error (a bug: its traceback is shown)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras and getattr(args, "items_dest", None) and not any(item.startswith("-") for item in extras):
+        # items after an option (edh predict RUN --top-k 3 a.png b.png): argparse fills a command's
+        # list of items (its ``ITEMS``) only before the first option and leaves the rest over
+        getattr(args, args.items_dest).extend(extras)
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     _setup_logging(args.verbose)
     if not getattr(args, "handler", None):
         parser.print_help()

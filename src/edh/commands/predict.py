@@ -3,12 +3,16 @@ from __future__ import annotations
 from edh.commands import add_speed_arguments, apply_speed_arguments, positive_int, read_input_lines
 
 NAME = "predict"
+ITEMS = "images"  # the items may also follow the options (edh predict RUNDIR --top-k 3 a.png b.png)
 HELP = "predict with a trained run: every head's answer for images or sentences (heads that draw write into --out)"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("run_dir", metavar="RUNDIR")
-    parser.add_argument("images", nargs="*", help="image files (text runs: sentences)")
+    parser.add_argument("images", nargs="*", help="image files (text runs: sentences, or --text)")
+    parser.add_argument("--text", action="append", default=[], metavar="SENTENCE",
+                        help="text runs: a sentence to predict for (repeatable; one that starts with '-' as "
+                             "--text=-...)")
     parser.add_argument("--input", help="text runs: a file with one sentence per line")
     parser.add_argument("--beam", type=positive_int, help="text runs: beam size (1 = greedy; default: the run's)")
     parser.add_argument("--top-k", type=positive_int, help="how many classes to show")
@@ -29,10 +33,15 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from edh.ops.generation import generates
+    from edh.workflows.inputs import reader_for
     from edh.workflows.predict import predict_inputs
     from edh.workflows.run import load_run
 
     loaded = load_run(args.run_dir)
+    texts = list(getattr(args, "text", None) or [])
+    if texts and not reader_for(loaded).texts:
+        raise ValueError(f"--text gives sentences, but {loaded.path} takes {loaded.info.input_kind} inputs: give "
+                         "their files as arguments (edh predict RUNDIR FILE ...)")
     apply_speed_arguments(args, loaded)
     if getattr(args, "backend", "torch") == "onnxruntime":
         from edh.export.runs import onnx_run
@@ -43,7 +52,7 @@ def run(args) -> int:
     if generates(loaded.model):  # a generating model: text out, step by step
         from edh.workflows.translate import translate_lines
 
-        translate_lines(loaded, args.images, args.input, args.out, beam_size=args.beam)
+        translate_lines(loaded, [*args.images, *texts], args.input, args.out, beam_size=args.beam)
         return 0
     if getattr(args, "sample", None) is not None:
         from edh.workflows.predict import sample_images
@@ -53,11 +62,12 @@ def run(args) -> int:
         print(f"wrote {sample_images(loaded, args.sample, args.out, args.seed)}")
         if not args.images:
             return 0
-    items = list(args.images)
+    items = [*args.images, *texts]
     if args.input:
         items += read_input_lines(args.input)
     if not items:
-        raise ValueError("give one or more inputs: edh predict RUNDIR img.png ... (text runs: sentences or --input FILE)")
+        raise ValueError("give one or more inputs: edh predict RUNDIR img.png ... (text runs: --text \"a sentence\" "
+                         "..., or --input FILE of sentences)")
     if args.heads:
         loaded.model.remove_heads(args.heads)
     results, written = predict_inputs(loaded, items, args.out, args.top_k,

@@ -3,6 +3,7 @@ from __future__ import annotations
 from edh.commands import finite_float, positive_int
 
 NAME = "translate"
+ITEMS = "sentences"  # the sentences may also follow the options (edh translate RUNDIR --beam 4 "a sentence")
 HELP = "translate sentences with a trained translation run (greedy or beam search)"
 
 

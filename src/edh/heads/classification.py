@@ -98,7 +98,9 @@ class ClassificationHead(Head):
             metrics["precision"] = MulticlassPrecision(n, average=None, ignore_index=IGNORE)
             metrics["recall"] = MulticlassRecall(n, average=None, ignore_index=IGNORE)
             metrics["confusion"] = MulticlassConfusionMatrix(n, ignore_index=IGNORE)
-        return MetricCollection(metrics)
+        # no compute groups: torchmetrics would merge top-k with top-1 accuracy (their states agree
+        # after a first batch where every top-1 guess is right) and report top-1 for both
+        return MetricCollection(metrics, compute_groups=False)
 
     def update_metrics(self, metrics, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         metrics.update(outputs.float(), targets.long())

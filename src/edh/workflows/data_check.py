@@ -47,6 +47,24 @@ def check_run_info(run: Any, allow: bool = False) -> None:
         run.model.bind_data(run.info)
 
 
+def rebuild_data(run: Any) -> Any:
+    """The run's dataset built again from its spec, with the run's own tokenizer (``tokenizer.json`` in
+    its folder) where the dataset takes a ``tokenizer_file``: token ids then mean what they meant in
+    training, and no tokenizer is trained again."""
+    from pathlib import Path
+
+    from edh.core.builder import option_names
+    from edh.core.registry import lookup
+    from edh.data.base import build_data
+
+    data = run.spec.data
+    options = data.options()
+    name = run.info.extra.get("tokenizer_file")
+    if name and "tokenizer_file" in option_names(lookup("dataset", data.name, "data.name")):
+        options["tokenizer_file"] = str(Path(run.path) / name)
+    return build_data(data.name, options, data.seed)
+
+
 def evaluation_split(run: Any, bundle: Any, split: str, allow: bool = False) -> Any:
     """The dataset to evaluate ``split`` on: ``bundle``'s when the data is what the run trained on;
     otherwise a `DataError` listing the differences, or with ``allow`` a warning and the run's

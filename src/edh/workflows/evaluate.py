@@ -47,7 +47,7 @@ def evaluate_run(run: Run, split: str = "test", out_dir: str | Path | None = Non
     ``problems``, never raised.
     """
     from edh.ops.generation import generates
-    from edh.workflows.data_check import check_run_info, evaluation_split
+    from edh.workflows.data_check import check_run_info, evaluation_split, rebuild_data
 
     check_run_info(run, allow_changed_data)
     if generates(run.model):  # BLEU / chrF / exact match need generated text, not logits
@@ -60,11 +60,10 @@ def evaluate_run(run: Run, split: str = "test", out_dir: str | Path | None = Non
         return result
     from torch.utils.data import DataLoader
 
-    from edh.data.base import build_data
     from edh.train.batch import task_targets, unpack_batch
 
     spec = run.spec
-    bundle = build_data(spec.data.name, spec.data.options(), spec.data.seed)
+    bundle = rebuild_data(run)  # a text run's own tokenizer
     dataset = evaluation_split(run, bundle, split, allow_changed_data)
     loader = DataLoader(dataset, batch_size=batch_size or spec.data.batch_size, collate_fn=bundle.collate_fn)
     model = run.model.eval()

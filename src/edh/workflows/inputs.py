@@ -27,6 +27,7 @@ class InputReader:
             channels_last, folded BatchNorm) apply to models of this input.
         exportable: ``edh export`` writes models of this input as one ONNX graph (``images -> outputs``;
             generating models export as encoder + decoder-step graphs whatever their input).
+        texts: the items are sentences (``edh predict --text``), not file paths.
     """
 
     read: Callable[[Any, list[Any]], torch.Tensor]
@@ -34,6 +35,7 @@ class InputReader:
     one_at_a_time: Callable[[Any], bool]
     speed_options: bool = False
     exportable: bool = False
+    texts: bool = False
 
 
 def read_images(run: Any, paths: list[str | Path]) -> torch.Tensor:
@@ -95,7 +97,7 @@ def read_texts(run: Any, texts: list[str]) -> torch.Tensor:
 INPUT_READERS: dict[str, InputReader] = {
     "image": InputReader(read_images, pictures=True, one_at_a_time=lambda run: run.info.image_size is None,
                          speed_options=True, exportable=True),
-    "tokens": InputReader(read_texts, pictures=False, one_at_a_time=lambda run: False),
+    "tokens": InputReader(read_texts, pictures=False, one_at_a_time=lambda run: False, texts=True),
 }
 
 

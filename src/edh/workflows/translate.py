@@ -125,18 +125,12 @@ def evaluate_translation(run: Run, split: str = "test", batch_size: int | None =
         an `edh.workflows.evaluate.Evaluation` with ``metrics[head] = {bleu, chrf, exact_match}`` and the
         examples in ``reports[head]``.
     """
-    from edh.data.base import build_data
+    from edh.workflows.data_check import rebuild_data
     from edh.workflows.evaluation import Evaluation
-    from edh.core.builder import option_names
-    from edh.core.registry import lookup
 
     translator = Translator(run)
     spec = run.spec
-    options = spec.data.options()
-    builder = lookup("dataset", spec.data.name)
-    if "tokenizer_file" in option_names(builder):
-        options["tokenizer_file"] = str(Path(run.path) / run.info.extra["tokenizer_file"])
-    bundle = build_data(spec.data.name, options, spec.data.seed)
+    bundle = rebuild_data(run)  # with the run's own tokenizer
     dataset = {"test": bundle.test, "val": bundle.val, "train": bundle.train}[split]
     # inputs of similar size share a batch (token sources by length, clips by samples; images keep their order)
     order = sorted(range(len(dataset)), key=lambda i: dataset[i][0].shape[-1])
