@@ -39,6 +39,14 @@ def token_ids(batch: int, length: int, first: int | None = None) -> torch.Tensor
     return ids
 
 
+def waveforms(batch: int, samples: int) -> torch.Tensor:
+    """``(batch, samples)`` quiet noise; the second row ends in zero padding (a shorter clip)."""
+    waves = 0.1 * torch.randn(batch, samples)
+    if batch > 1:
+        waves[1, -samples // 4:] = 0.0
+    return waves
+
+
 def decoder_input(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
     """A seq2seq decoder's context: the target prefix ``(B, 5)``, ``bos`` first."""
     return {"decoder_input": token_ids(inputs.shape[0], 5, first=BOS)}
@@ -327,6 +335,8 @@ class Rig:
     def inputs(self, batch: int = BATCH) -> torch.Tensor:
         if self.image:
             return torch.randn(batch, self.in_channels, *self.case.size)
+        if self.input_encoder.input_kind == "audio":
+            return waveforms(batch, self.case.size[0])
         return token_ids(batch, self.case.size[0])
 
     def context(self, inputs: torch.Tensor) -> dict[str, Any]:
@@ -355,7 +365,14 @@ class Rig:
             return tuple(inputs.shape[-2:])
         if "decoder_input" in context and self.role != "encoder":
             return (context["decoder_input"].shape[1],)
+        if self.input_encoder.input_kind == "audio":  # frames after the encoder's subsampling
+            return (self.input_encoder.output_length(inputs.shape[1]),)
         return (inputs.shape[1],)
+
+    @property
+    def input_encoder(self) -> nn.Module:
+        """The encoder that reads the inputs: the component itself, or the one it is built on."""
+        return self.component if self.role == "encoder" else self.encoder
 
     def run(self, component: nn.Module, features: Tree, context: dict[str, Any]) -> Tree:
         if self.role == "encoder":

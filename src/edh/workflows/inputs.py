@@ -94,10 +94,20 @@ def read_texts(run: Any, texts: list[str]) -> torch.Tensor:
     return pad_batch(encode_texts(run, tokenizer, texts), tokenizer.pad_id)
 
 
+def read_audio(run: Any, paths: list[str | Path]) -> torch.Tensor:
+    """WAV files -> ``(N, samples)`` mono waveforms at the run's sample rate, right-padded with zeros
+    (`edh.data.speech.read_wav`: the reading, mixing down and resampling of training)."""
+    from edh.data.speech import SAMPLE_RATE, pad_waves, read_wav
+
+    rate = int(run.info.extra.get("sample_rate", SAMPLE_RATE))
+    return pad_waves([torch.from_numpy(read_wav(p, rate)) for p in paths])
+
+
 INPUT_READERS: dict[str, InputReader] = {
     "image": InputReader(read_images, pictures=True, one_at_a_time=lambda run: run.info.image_size is None,
                          speed_options=True, exportable=True),
     "tokens": InputReader(read_texts, pictures=False, one_at_a_time=lambda run: False, texts=True),
+    "audio": InputReader(read_audio, pictures=False, one_at_a_time=lambda run: False),
 }
 
 
