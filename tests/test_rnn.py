@@ -340,3 +340,10 @@ def test_the_step_follows_weight_changes():
     step_matches_forward()
     model.load_state_dict(rnn_translator("gru").state_dict())
     step_matches_forward()
+
+
+def test_describe_counts_the_lstm_matmuls():
+    model = edh.build(encoder={"name": "lstm", "vocab_size": 50, "hidden_size": 16, "embedding_dim": 8,
+                               "bidirectional": True}, heads={"label": {"type": "classification", "num_classes": 3}})
+    rows = {row.role: row.macs for row in model.describe((5,)).rows}
+    assert rows["Encoder"] == 2 * 5 * 4 * 16 * (8 + 16)  # two directions, five positions, four gates

@@ -113,7 +113,7 @@ def describe_model(model, input_size: tuple[int, ...] | None = None, context: di
         hooks.append(module.register_forward_hook(hook, with_kwargs=True))
     was_training = model.training
     model.eval()
-    counter = FlopCounterMode(display=False, depth=None)
+    counter = FlopCounterMode(display=False, depth=None, custom_mapping=_RNN_FLOPS)
     try:
         with torch.no_grad(), counter:
             decoder_context = model.decoder.example_context(example) if model.decoder is not None else {}
@@ -151,6 +151,18 @@ def describe_model(model, input_size: tuple[int, ...] | None = None, context: di
                                 shapes(output), _params(module), macs(f"heads.{head}")))
             rows.extend(_branches(module, head, flops, type(model).__name__))
     return Description(list(size), rows)
+
+
+def _lstm_layer_flops(input_shape, weight_ih_shape, weight_hh_shape, *args, **kwargs) -> int:
+    """FLOPs of one fused LSTM layer (oneDNN's ``mkldnn_rnn_layer``, which the FLOP counter does not
+    know): the input and recurrent matmuls of every position, ``2 * positions * 4H * (I + H)``."""
+    positions = 1
+    for size in input_shape[:-1]:
+        positions *= size
+    return 2 * positions * (weight_ih_shape[0] * weight_ih_shape[1] + weight_hh_shape[0] * weight_hh_shape[1])
+
+
+_RNN_FLOPS = {torch.ops.aten.mkldnn_rnn_layer: _lstm_layer_flops}  # the GRU on the CPU runs as counted matmuls
 
 
 def _branches(head: nn.Module, head_name: str, flops: dict, root: str) -> list[RoleRow]:
