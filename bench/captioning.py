@@ -3,7 +3,7 @@
     python bench/captioning.py [--budget 600] [--skip-hf] [--out runs/bench/captioning] [--quick]
 
 1. edh: ``configs/captioner-scenes.yaml`` (ResNet-18 encoder, a small Transformer decoder over the
-   stride-16 cells, LM head) trained as ``edh train`` does, within ``--budget`` seconds; then test
+   stride-8 cells, LM head) trained as ``edh train`` does, within ``--budget`` seconds; then test
    exact match, CER and BLEU (``edh eval``, greedy). Target: exact match >= 0.90 in <= 10 minutes.
 2. Hugging Face: ``VisionEncoderDecoderModel`` = a ViT encoder (patch 8 on the 32 x 128 strips: 4 x 16
    patches) + a BERT decoder with cross-attention, sized to about edh's parameter count, trained

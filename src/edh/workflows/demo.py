@@ -33,7 +33,7 @@ DEMOS = [  # short schedules: all of them train and evaluate in <= 10 minutes on
     Demo("multitask", "multi-task U-Net on scenes: a mask head after the decoder + a class head after the encoder",
          "multitask-seg-cls-scenes.yaml"),
     Demo("captioner", "image to text (ResNet-18 encoder + Transformer decoder over its image cells + LM head) on "
-         "scene-captions", "captioner-scenes.yaml", {"train.epochs": 2, "data.num_train": 3000}),
+         "scene-captions", "captioner-scenes.yaml", {"train.epochs": 5, "data.num_train": 4000}),
 ]
 
 
