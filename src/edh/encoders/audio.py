@@ -224,6 +224,7 @@ class AudioEncoder(Encoder):
     """
 
     input_kind = "audio"
+    input_axes = {0: "batch", 1: "samples"}
     produces = "sequence"
     in_channels = 1
     default_input_size = (16000,)

@@ -46,6 +46,7 @@ class RecurrentEncoder(Encoder):
 
     cell = "lstm"
     input_kind = "tokens"
+    input_axes = {0: "batch", 1: "source"}
     produces = "sequence"
     default_input_size = (16,)
 

@@ -43,6 +43,7 @@ class TransformerEncoder(Encoder):
     """
 
     input_kind = "tokens"
+    input_axes = {0: "batch", 1: "source"}
     produces = "sequence"
     default_input_size = (16,)
 

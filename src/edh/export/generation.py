@@ -90,9 +90,8 @@ def _sources(model: nn.Module, image_size: Any, vocab: int, lengths: list[int], 
     the padding-mask branch); for any other input (images...), random values of the encoder's
     example input (at the run's ``image_size`` when it has one)."""
     generator = torch.Generator().manual_seed(seed)
-    encoder = model.encoder
-    if encoder.input_kind != "tokens":
-        example = encoder.example_input(tuple(image_size) if image_size else None, batch_size=len(lengths))
+    example = model.encoder.example_input(tuple(image_size) if image_size else None, batch_size=len(lengths))
+    if example.is_floating_point():  # images, audio: values
         return torch.rand(example.shape, generator=generator).to(example.dtype)
     special = max(pad, eos) + 2
     rows = torch.full((len(lengths), max(lengths)), pad, dtype=torch.long)
@@ -154,7 +153,6 @@ def export_seq2seq(run: Any, out: Path, heads: list[str] | None, opset: int, tol
     pad, eos = decoder.pad_id, decoder.eos_id
     size = run.info.image_size
     example, probe = _sources(model, size, vocab, [7, 4], pad, eos, 0), _sources(model, size, vocab, [5, 9, 3], pad, eos, 1)
-    source_axes = {0: "batch", 1: "source"} if model.encoder.input_kind == "tokens" else {0: "batch"}
     memory_names, state_names = _names(model, example)
     encoder_graph = EncoderGraph(model).eval()
     with torch.inference_mode():
@@ -167,7 +165,7 @@ def export_seq2seq(run: Any, out: Path, heads: list[str] | None, opset: int, tol
               "rows_axes": {n: rows_axes[n] for n in memory_names + state_names}}
     batch = {ROWS: "batch"}  # one row per source in the encoder graph
     export_graph(encoder_graph, (example,), out, ["source"], opset,
-                 dynamic_axes={"source": source_axes, "features": {0: "batch", 1: "source"},
+                 dynamic_axes={"source": dict(model.encoder.input_axes), "features": {0: "batch", 1: "source"},
                                "padding_mask": {0: "batch", 1: "source"},
                                **_axes(decoder, memory_names + state_names, batch)},
                  metadata={**common, "kind": "seq2seq-encoder", "step_file": steps.name})

@@ -173,8 +173,9 @@ def translate_lines(run: Run, texts: list[str], input_file: str | None = None, o
     A run whose input is not text (a captioner, a speech model) reads ``texts`` as input files instead
     (`describe_inputs`)."""
     from edh.utils.io import atomic_write_text
+    from edh.workflows.inputs import reader_for
 
-    if run.info.input_kind != "tokens":
+    if not reader_for(run).texts:  # the inputs are files
         return describe_inputs(run, list(texts), out_file, **options)
     texts = list(texts)
     if input_file:  # one translation per line, empty lines included (UTF-8, or UTF-16 with a BOM)
