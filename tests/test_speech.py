@@ -321,3 +321,32 @@ def test_train_eval_and_predict_a_clip_through_the_cli(tmp_path, cli, capsys):
     assert cli(["predict", str(run), str(clip)]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith(f"{clip}\ttext: ")
+
+
+def test_speech_trains_with_a_step_decoder_and_generates_transcripts(tmp_path):
+    """``targets: tokens``: an audio encoder + an LSTM decoder + an lm head, trained, evaluated (CER,
+    exact match from generated text) and predicting a transcript for a wav file."""
+    from edh.core.spec import parse_run_spec
+    from edh.train.runner import train_run
+    from edh.workflows.evaluate import evaluate_run
+    from edh.workflows.translate import Translator
+
+    root = _folder(tmp_path, ["a.wav\thello\ttrain", "b.wav\tbye\ttest", "c.wav\tok\tval"])
+    bundle = build_data("audio-folder", {"path": str(root), "targets": "tokens"})
+    assert bundle.info.targets == {"tokens": "generation"} and "tokenizer.json" in bundle.files
+    waves, targets, context = bundle.collate_fn([bundle.train[0], bundle.test[0]])
+    assert waves.shape == (2, 3200) and torch.equal(targets["tokens"][:, :-1], context["decoder_input"][:, 1:])
+    assert bundle.test.references == ["bye"] and bundle.train.sample_ids() == ["a.wav"]
+    spec = parse_run_spec({
+        "model": {"encoder": {"name": "audio", "n_mels": 16, "conv_channels": 4, "d_model": 16, "num_layers": 1,
+                              "num_heads": 2, "ffn_dim": 32},
+                  "decoder": {"name": "lstm", "hidden_size": 16},
+                  "heads": {"tokens": {"type": "lm", "source": "decoder"}}},
+        "data": {"name": "audio-folder", "path": str(root), "targets": "tokens", "batch_size": 2},
+        "train": {"epochs": 1, "seed": 0}, "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}})
+    run = train_run(spec, tmp_path / "run", max_steps=2)
+    metrics = evaluate_run(run, "test", None, progress=False).metrics["tokens"]
+    assert {"cer", "exact_match", "bleu"} <= set(metrics)
+    assert isinstance(Translator(run).describe_files([str(root / "b.wav")])[0], str)
+    with pytest.raises(ValueError, match="data.targets must be"):
+        build_data("audio-folder", {"path": str(root), "targets": "words"})

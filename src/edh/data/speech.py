@@ -206,6 +206,19 @@ def speech_info(name: str, alphabet: list[str], sizes: dict[str, int], extra: di
                **(extra or {})})
 
 
+def with_targets(bundle: DataBundle, targets: str, tokenizer_file: str | None) -> DataBundle:
+    """``targets: characters`` (CTC: character ids, the ``ctc`` head) or ``tokens`` (``<bos> ... <eos>``
+    token ids for a step decoder + ``lm`` head: `edh.data.speech_tokens`)."""
+    if targets == "characters":
+        return bundle
+    if targets != "tokens":
+        raise ValueError(f"data.targets must be 'characters' (a ctc head) or 'tokens' (a step decoder + lm head), "
+                         f"got {targets!r}")
+    from edh.data.speech_tokens import token_targets
+
+    return token_targets(bundle, tokenizer_file=tokenizer_file)
+
+
 # ---- audio-folder --------------------------------------------------------------------------------------
 class AudioFiles(Dataset):
     """WAV files and their transcripts, read (and resampled) when an item is asked for.
@@ -274,7 +287,8 @@ def read_transcripts(path: Path, root: Path) -> list[tuple[int, str, str, str | 
 
 @register_dataset("audio-folder")
 def audio_folder(path: str, transcripts: str = "transcripts.tsv", val_fraction: float = 0.1,
-                 test_fraction: float = 0.1, seed: int = 0) -> DataBundle:
+                 test_fraction: float = 0.1, targets: str = "characters", tokenizer_file: str | None = None,
+                 seed: int = 0) -> DataBundle:
     """A folder of ``.wav`` files and a TSV of their transcripts, for CTC transcription.
 
     ``transcripts`` (relative to ``path``, or absolute) holds ``file.wav<TAB>transcript`` lines, the file
@@ -301,7 +315,8 @@ def audio_folder(path: str, transcripts: str = "transcripts.tsv", val_fraction: 
     alphabet = sorted({c for _, _, text, _ in rows for c in text})
     parts = {split: AudioFiles(root, items, alphabet) for split, items in fixed.items()}
     info = speech_info("audio-folder", alphabet, {s: len(p) for s, p in parts.items()})
-    return DataBundle(parts["train"], parts["val"], parts["test"], info, collate_speech)
+    return with_targets(DataBundle(parts["train"], parts["val"], parts["test"], info, collate_speech), targets,
+                        tokenizer_file)
 
 
 # ---- spoken-numbers ------------------------------------------------------------------------------------
@@ -494,7 +509,7 @@ def spoken_numbers(max_number: int = 999, style: str = "words",
                    voices: list[str] | None = None, test_voices: list[str] | None = None,
                    speeds: list[int] = (130, 210), pitches: list[int] = (25, 75), snr_db: list[float] = (15.0, 40.0),
                    cache_dir: str | None = None, workers: Annotated[int, Field(ge=1, le=256)] = 4,
-                   seed: int = 0) -> DataBundle:
+                   targets: str = "characters", tokenizer_file: str | None = None, seed: int = 0) -> DataBundle:
     """English numbers spoken by espeak-ng (synthetic speech), for CTC transcription.
 
     Each clip is a random number in ``0..max_number`` said as words (``four hundred and two``) or
@@ -511,6 +526,8 @@ def spoken_numbers(max_number: int = 999, style: str = "words",
             ``espeak-ng --voices=en`` and ``--voices=variant``); they must not overlap.
         speeds, pitches, snr_db: ``[low, high]`` ranges drawn from uniformly.
         workers: espeak-ng processes run at once while synthesising.
+        targets: ``characters`` (a ``ctc`` head) or ``tokens`` (a step decoder + ``lm`` head; `with_targets`).
+        tokenizer_file: with ``targets: tokens``, a saved tokenizer to use (``edh eval`` passes the run's).
     """
     if style not in ("words", "digits"):
         raise SpecError(f"data.style must be 'words' or 'digits', got {style!r}")
@@ -544,4 +561,5 @@ def spoken_numbers(max_number: int = 999, style: str = "words",
         start += len(plan[split])
     info = speech_info("spoken-numbers", ALPHABET, {s: len(p) for s, p in parts.items()},
                        {"voices": voices, "test_voices": test_voices, "style": style, "max_number": max_number})
-    return DataBundle(parts["train"], parts["val"], parts["test"], info, collate_speech)
+    return with_targets(DataBundle(parts["train"], parts["val"], parts["test"], info, collate_speech), targets,
+                        tokenizer_file)

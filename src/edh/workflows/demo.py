@@ -25,15 +25,15 @@ DEMOS = [  # short schedules: all of them train and evaluate in <= 10 minutes on
     Demo("detector", "YOLO-style detector (ResNet-18 + FPN + FCOS-style head) on scenes", "detector-yolo-scenes.yaml",
          {"train.epochs": 8}),
     Demo("segmenter", "segmenter (U-Net: ResNet-18 encoder + U-Net decoder + 1x1 conv head) on scenes",
-         "unet-scenes.yaml", {"train.epochs": 6}),
+         "unet-scenes.yaml", {"train.epochs": 4}),
     Demo("autoencoder", "autoencoder (conv encoder + conv-transpose decoder, no head) on digits",
          "autoencoder-digits.yaml", {"train.epochs": 10}),
     Demo("translator", "translator (Transformer encoder-decoder + LM head) on numbers, English -> French",
          "translator-numbers.yaml", {"train.epochs": 1}),
     Demo("multitask", "multi-task U-Net on scenes: a mask head after the decoder + a class head after the encoder",
-         "multitask-seg-cls-scenes.yaml"),
+         "multitask-seg-cls-scenes.yaml", {"train.epochs": 4}),
     Demo("captioner", "image to text (ResNet-18 encoder + Transformer decoder over its image cells + LM head) on "
-         "scene-captions", "captioner-scenes.yaml", {"train.epochs": 5, "data.num_train": 4000}),
+         "scene-captions", "captioner-scenes.yaml", {"train.epochs": 6, "data.num_train": 4000}),
 ]
 
 
