@@ -43,11 +43,11 @@ class TranscribedClips(Dataset):
 
 
 def collate_transcribed(items: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int = 0):
-    """``[(wave, ids)]`` -> ``(waves (B, N), {"tokens": (B, T)}, {"decoder_input": (B, T)})``."""
-    from edh.data.speech import pad_waves
-
+    """``[(wave, ids)]`` -> ``(waves (B, N), {"tokens": (B, T)}, {"decoder_input": (B, T)})``, the waves
+    right-padded with zeros (as `edh.data.speech.pad_waves`; the audio encoder reads trailing zeros as padding)."""
+    waves = torch.nn.utils.rnn.pad_sequence([wave.float() for wave, _ in items], batch_first=True, padding_value=0.0)
     targets = pad_batch([t for _, t in items], pad_id)
-    return pad_waves([wave for wave, _ in items]), {TARGET: targets[:, 1:]}, {"decoder_input": targets[:, :-1]}
+    return waves, {TARGET: targets[:, 1:]}, {"decoder_input": targets[:, :-1]}
 
 
 def token_targets(bundle: DataBundle, tokenizer: str = "char", vocab_size: int = 256,
