@@ -19,7 +19,9 @@ import yaml
 from edh.core.errors import DataError, SpecError
 from edh.core.features import FeatureSpec, Sequence
 from edh.data.base import DataFilesMissingError, DataInfo, build_data
-from edh.data.speech import AudioFormatError, collate_speech, read_wav, resample, spoken_text
+from edh.data.speech import collate_speech
+from edh.data.spoken_numbers import spoken_text
+from edh.data.wav import AudioFormatError, read_wav, resample
 from edh.encoders.audio import AudioEncoder, LogMel
 from edh.heads.ctc import CTCHead, greedy_decode, prefix_beam_search
 

@@ -8,6 +8,7 @@ from edh.data import text  # noqa: F401
 from edh.data import text_classification  # noqa: F401
 from edh.data import coco  # noqa: F401
 from edh.data import speech  # noqa: F401
+from edh.data import spoken_numbers  # noqa: F401
 from edh.data.base import DataBundle, DataFilesMissingError, DataInfo, build_data
 
 __all__ = ["DataBundle", "DataFilesMissingError", "DataInfo", "build_data"]

@@ -44,7 +44,7 @@ class TranscribedClips(Dataset):
 
 def collate_transcribed(items: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int = 0):
     """``[(wave, ids)]`` -> ``(waves (B, N), {"tokens": (B, T)}, {"decoder_input": (B, T)})``, the waves
-    right-padded with zeros (as `edh.data.speech.pad_waves`; the audio encoder reads trailing zeros as padding)."""
+    right-padded with zeros (as `edh.data.wav.pad_waves`; the audio encoder reads trailing zeros as padding)."""
     waves = torch.nn.utils.rnn.pad_sequence([wave.float() for wave, _ in items], batch_first=True, padding_value=0.0)
     targets = pad_batch([t for _, t in items], pad_id)
     return waves, {TARGET: targets[:, 1:]}, {"decoder_input": targets[:, :-1]}

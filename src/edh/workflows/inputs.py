@@ -96,8 +96,8 @@ def read_texts(run: Any, texts: list[str]) -> torch.Tensor:
 
 def read_audio(run: Any, paths: list[str | Path]) -> torch.Tensor:
     """WAV files -> ``(N, samples)`` mono waveforms at the run's sample rate, right-padded with zeros
-    (`edh.data.speech.read_wav`: the reading, mixing down and resampling of training)."""
-    from edh.data.speech import SAMPLE_RATE, pad_waves, read_wav
+    (`edh.data.wav.read_wav`: the reading, mixing down and resampling of training)."""
+    from edh.data.wav import SAMPLE_RATE, pad_waves, read_wav
 
     rate = int(run.info.extra.get("sample_rate", SAMPLE_RATE))
     return pad_waves([torch.from_numpy(read_wav(p, rate)) for p in paths])
