@@ -163,9 +163,13 @@ TINY: dict[tuple[str, str], Case] = {
 # the cases of the sequence (RNN) and speech components live beside this table, one file per family
 from cases_rnn import CASES as _RNN_CASES  # noqa: E402
 from cases_speech import CASES as _SPEECH_CASES  # noqa: E402
+from cases_seg_a import CASES as _SEG_A_CASES  # noqa: E402
+from cases_seg_b import CASES as _SEG_B_CASES  # noqa: E402
 
 TINY.update(_RNN_CASES)
 TINY.update(_SPEECH_CASES)
+TINY.update(_SEG_A_CASES)
+TINY.update(_SEG_B_CASES)
 
 
 def registered(role: str) -> list[str]:
