@@ -1,25 +1,28 @@
-"""edh U-Net(resnet34) against segmentation_models_pytorch's Unet(resnet34): images/s on CPU, one process.
+"""Every edh segmentation decoder against segmentation_models_pytorch's same architecture: images/s on CPU.
 
-Run: ``python bench/segmentation.py [--repeats N] [--quick] [--threads T]``.
+Run: ``python bench/segmentation.py [--only unet deeplabv3 ...] [--repeats N] [--quick] [--threads T]``.
 
-Both models: a ResNet-34 encoder (random weights), decoder channels 256, 128, 64, 32, 16 (smp's
-default, given to edh explicitly), BatchNorm in the decoder, 2 classes. The heads differ as the
-libraries define them: smp's ``SegmentationHead`` is a 3x3 conv, edh's segmentation head the 1x1
-conv of the U-Net paper; both parameter counts are printed.
+Per architecture, both models are built with smp's defaults (random weights, 2 classes): a ResNet-34
+encoder (dilated as smp dilates it: DeepLabV3 output stride 8, DeepLabV3+ 16), and for DPT a
+ViT-S/16 (timm), both at 256x256. edh's segmentation head gets smp's head kernel (3x3 or 1x1,
+``heads.mask.kernel_size``), so the two models are the same network: the parameter counts are
+printed side by side and must match.
 
 Forward: batch 4, 256x256, eval, ``torch.inference_mode()``. smp runs with its defaults
-(contiguous) and in channels_last; edh runs as built, then through `edh.utils.perf.prepare_for_inference`
-(channels_last + BatchNorm folded), then with bf16 autocast on top. Channels_last contenders get
-the same contiguous batch and convert it inside the timed step.
-Train step: batch 4, 256x256, SGD (momentum 0.9) + cross-entropy, train mode, each model
-contiguous and channels_last (edh's ``train.channels_last: true``).
-Contenders of a group are timed round-robin (`common.measure`); medians of quiet samples are
-reported; results also go to ``bench/results/segmentation.json``.
+(contiguous) and in channels_last; edh runs through `edh.utils.perf.prepare_for_inference`
+(channels_last + BatchNorm folded). Channels_last contenders get the same contiguous batch and
+convert it inside the timed step.
+Train step: batch 4, 256x256, SGD (momentum 0.9) + cross-entropy, train mode, smp contiguous and
+channels_last, edh channels_last (``train.channels_last: true``).
+Targets (issue 15, for each architecture): forward and train step >= 1.2x smp default and
+>= 1.0x smp channels_last. Contenders of a group are timed round-robin (`common.measure`); medians
+of quiet samples are reported; results go to ``bench/results/segmentation.json``.
 """
 
 from __future__ import annotations
 
 import gc
+from dataclasses import dataclass, field
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -32,73 +35,90 @@ from edh.utils.perf import prepare_for_inference, to_channels_last
 
 NUM_CLASSES = 2
 BATCH, SIZE = 4, 256
-DECODER_CHANNELS = [256, 128, 64, 32, 16]
 COLUMNS = ["name", "items_per_s", "ms_per_step", "best_items_per_s", "quiet_samples"]
+VIT = "vit_small_patch16_224"
 
 
-def build(kind: str) -> torch.nn.Module:
-    """A fresh, seeded U-Net(resnet34): ``kind`` is ``edh`` or ``smp``."""
+@dataclass(frozen=True)
+class Arch:
+    """One architecture in both libraries: smp's class and options, edh's encoder / decoder / head kernel."""
+
+    smp_class: str
+    head_kernel: int
+    encoder: dict[str, Any] = field(default_factory=lambda: {"name": "resnet34"})
+    decoder: dict[str, Any] = field(default_factory=dict)
+    smp_encoder: str = "resnet34"
+    smp_options: dict[str, Any] = field(default_factory=dict)
+
+
+ARCHS: dict[str, Arch] = {
+    "unet": Arch("Unet", 3),
+    "unetplusplus": Arch("UnetPlusPlus", 3),
+    "fpn": Arch("FPN", 1, decoder={"name": "fpn"}),
+    "linknet": Arch("Linknet", 1),
+    "manet": Arch("MAnet", 3),
+    "pan": Arch("PAN", 3, encoder={"name": "resnet34", "output_stride": 16}),
+    "pspnet": Arch("PSPNet", 3),
+    "deeplabv3": Arch("DeepLabV3", 1, encoder={"name": "resnet34", "output_stride": 8}),
+    "deeplabv3plus": Arch("DeepLabV3Plus", 1, encoder={"name": "resnet34", "output_stride": 16}),
+    "upernet": Arch("UPerNet", 1),
+    "segformer": Arch("Segformer", 1),
+    "dpt": Arch("DPT", 3, encoder={"name": f"timm:{VIT}", "options": {"img_size": SIZE}}, smp_encoder=f"tu-{VIT}",
+                smp_options={"dynamic_img_size": True}),
+}
+
+
+def build(arch_name: str, kind: str) -> torch.nn.Module:
+    """A fresh, seeded model of ``arch_name``: ``kind`` is ``edh`` or ``smp``."""
+    arch = ARCHS[arch_name]
     seed_everything(0)
     if kind == "edh":
-        return edh.build({"encoder": {"name": "resnet34"},
-                          "decoder": {"name": "unet", "decoder_channels": DECODER_CHANNELS},
-                          "heads": {"mask": {"type": "segmentation", "source": "decoder", "num_classes": NUM_CLASSES}}})
-    return smp.Unet("resnet34", encoder_weights=None, decoder_channels=DECODER_CHANNELS, classes=NUM_CLASSES)
+        decoder = arch.decoder or {"name": arch_name}
+        return edh.build({"encoder": dict(arch.encoder), "decoder": dict(decoder),
+                          "heads": {"mask": {"type": "segmentation", "source": "decoder", "num_classes": NUM_CLASSES,
+                                             "kernel_size": arch.head_kernel}}})
+    return getattr(smp, arch.smp_class)(arch.smp_encoder, encoder_weights=None, classes=NUM_CLASSES,
+                                        **arch.smp_options)
 
 
-def logits(kind: str, outputs: Any) -> torch.Tensor:
-    return outputs["mask"] if kind == "edh" else outputs
+def parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
-def forward_contenders(images: torch.Tensor) -> list[Contender]:
-    smp_model, edh_model = build("smp").eval(), build("edh").eval()
-    smp_cl = build("smp").eval().to(memory_format=torch.channels_last)
+def forward_contenders(arch: str, images: torch.Tensor) -> list[Contender]:
+    smp_model, edh_model = build(arch, "smp").eval(), build(arch, "edh").eval()
+    smp_cl = build(arch, "smp").eval().to(memory_format=torch.channels_last)
     edh_fast = prepare_for_inference(edh_model)
     with torch.inference_mode():  # the speed options keep the outputs
         reference = edh_model(images)["mask"]
         error = (edh_fast(to_channels_last(images))["mask"] - reference).abs().max().item()
-    assert error < 1e-3, f"prepared edh U-Net differs from eager by {error}"
-    print(f"prepared vs eager edh U-Net: max |diff| {error:.2e}", flush=True)
+    assert error < 1e-3, f"prepared edh {arch} differs from eager by {error}"
     n = images.shape[0]
     return [
         Contender("smp (default)", forward_step(smp_model, images), n, {"memory_format": "contiguous"}),
         Contender("smp channels_last", forward_step(smp_cl, images, True), n, {"memory_format": "channels_last"}),
-        Contender("edh eager (as built)", forward_step(edh_model, images), n, {"memory_format": "contiguous"}),
         Contender("edh prepared (CL + BN folded)", forward_step(edh_fast, images, True), n,
                   {"memory_format": "channels_last", "bn_folded": True}),
-        Contender("edh prepared + bf16 autocast", forward_step(edh_fast, images, True, bf16=True), n,
-                  {"memory_format": "channels_last", "bn_folded": True, "dtype": "bf16 autocast"}),
     ]
 
 
-def train_contenders(images: torch.Tensor, masks: torch.Tensor) -> list[Contender]:
-    contenders = []
-    for kind in ("edh", "smp"):
-        for channels_last in (False, True):
-            name = f"{kind} {'channels_last' if channels_last else 'contiguous'}"
-            contenders.append(Contender(name, sgd_train_step(kind, build(kind), images, masks, "mask", channels_last),
-                                        images.shape[0], {"kind": kind}))
-    return contenders
+def train_contenders(arch: str, images: torch.Tensor, masks: torch.Tensor) -> list[Contender]:
+    return [Contender(name, sgd_train_step(kind, build(arch, kind), images, masks, "mask", channels_last),
+                      images.shape[0], {"kind": kind})
+            for name, kind, channels_last in (("smp contiguous", "smp", False), ("smp channels_last", "smp", True),
+                                              ("edh channels_last", "edh", True))]
 
 
 def ratios(forward_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's target ratios, from medians (``value``) and from best samples (``best``)."""
-    def values(key: str) -> list[tuple[str, float, float | None]]:
+    def values(key: str) -> list[tuple[str, float, float]]:
         forward = {r["name"]: r[key] for r in forward_rows}
         train = {r["name"]: r[key] for r in train_rows}
-        fast = forward["edh prepared (CL + BN folded)"]
-        return [
-            ("edh prepared / smp default, forward", fast / forward["smp (default)"], 1.2),
-            ("edh prepared / smp channels_last, forward", fast / forward["smp channels_last"], 1.0),
-            ("edh channels_last / smp default, train step", train["edh channels_last"] / train["smp contiguous"], 1.2),
-            ("edh channels_last / smp channels_last, train step",
-             train["edh channels_last"] / train["smp channels_last"], 1.0),
-            ("edh contiguous / smp contiguous, train step (same memory format)",
-             train["edh contiguous"] / train["smp contiguous"], None),
-            ("edh eager / smp default, forward (same memory format)",
-             forward["edh eager (as built)"] / forward["smp (default)"], None),
-            ("edh bf16 autocast / edh prepared fp32, forward", forward["edh prepared + bf16 autocast"] / fast, None),
-        ]
+        fast, edh_train = forward["edh prepared (CL + BN folded)"], train["edh channels_last"]
+        return [("forward / smp default", fast / forward["smp (default)"], 1.2),
+                ("forward / smp channels_last", fast / forward["smp channels_last"], 1.0),
+                ("train step / smp default", edh_train / train["smp contiguous"], 1.2),
+                ("train step / smp channels_last", edh_train / train["smp channels_last"], 1.0)]
 
     out = [ratio(name, value, target) for name, value, target in values("items_per_s")]
     for r, (_, best, _) in zip(out, values("best_items_per_s")):
@@ -106,49 +126,50 @@ def ratios(forward_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]])
     return out
 
 
-def parameter_counts() -> dict[str, int]:
-    counts = {}
-    for kind in ("edh", "smp"):
-        model = build(kind)
-        counts[kind] = sum(p.numel() for p in model.parameters())
-    return counts
-
-
-def main() -> None:
-    parser = base_parser(__doc__.splitlines()[0])
-    args = parser.parse_args()
-    threads = apply_threads(args.threads)
-    repeats, forward_calls, train_calls = (2, 1, 1) if args.quick else (args.repeats, 2, 1)
-    env = environment()
-    print(f"torch {env['torch']}, smp {smp.__version__}, {threads} threads, {env['cpu']}; "
-          f"{repeats} round-robin repeats, medians", flush=True)
-    counts = parameter_counts()
-    print(f"parameters: edh U-Net(resnet34) {counts['edh']:,}; smp Unet(resnet34) {counts['smp']:,} "
-          f"(difference {counts['smp'] - counts['edh']:,}: smp's 3x3 head conv vs edh's 1x1)", flush=True)
+def bench_arch(arch: str, repeats: int, forward_calls: int, max_wait: float) -> dict[str, Any]:
+    counts = {kind: parameters(build(arch, kind)) for kind in ("edh", "smp")}
+    print(f"\n=== {arch}: parameters edh {counts['edh']:,}, smp {ARCHS[arch].smp_class} {counts['smp']:,}", flush=True)
     seed_everything(0)
     images = torch.randn(BATCH, 3, SIZE, SIZE)
     masks = torch.randint(0, NUM_CLASSES, (BATCH, SIZE, SIZE))
-    contenders = forward_contenders(images)
-    forward_rows = summarize(contenders, measure(contenders, repeats, forward_calls, warmup=2, max_wait=args.max_wait))
-    print_table(forward_rows, COLUMNS, f"\nforward, batch {BATCH}, {SIZE}x{SIZE} (items = images)")
-    if noisy_warning(forward_rows):
-        print(noisy_warning(forward_rows))
+    contenders = forward_contenders(arch, images)
+    forward_rows = summarize(contenders, measure(contenders, repeats, forward_calls, warmup=2, max_wait=max_wait))
+    print_table(forward_rows, COLUMNS, f"{arch} forward, batch {BATCH}, {SIZE}x{SIZE} (items = images)")
     del contenders
     gc.collect()
-    contenders = train_contenders(images, masks)
-    train_rows = summarize(contenders, measure(contenders, repeats, train_calls, warmup=2, max_wait=args.max_wait))
-    print_table(train_rows, COLUMNS, f"\ntrain step, batch {BATCH}, {SIZE}x{SIZE} (items = images)")
-    if noisy_warning(train_rows):
-        print(noisy_warning(train_rows))
+    contenders = train_contenders(arch, images, masks)
+    train_rows = summarize(contenders, measure(contenders, repeats, 1, warmup=2, max_wait=max_wait))
+    print_table(train_rows, COLUMNS, f"{arch} train step, batch {BATCH}, {SIZE}x{SIZE} (items = images)")
     del contenders
     gc.collect()
+    for rows in (forward_rows, train_rows):
+        if noisy_warning(rows):
+            print(noisy_warning(rows))
     found = ratios(forward_rows, train_rows)
-    print("\nratios (medians; best-sample ratios beside)")
     print("\n".join(format_ratio(r) for r in found), flush=True)
-    report = {"environment": env, "smp": smp.__version__, "repeats": repeats, "parameters": counts,
+    return {"parameters": counts, "forward": forward_rows, "train": train_rows, "ratios": found}
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0], repeats=5)
+    parser.add_argument("--only", nargs="+", choices=sorted(ARCHS), default=list(ARCHS))
+    args = parser.parse_args()
+    threads = apply_threads(args.threads)
+    repeats, forward_calls = (2, 1) if args.quick else (args.repeats, 2)
+    env = environment()
+    print(f"torch {env['torch']}, smp {smp.__version__}, {threads} threads, {env['cpu']}; "
+          f"{repeats} round-robin repeats, medians", flush=True)
+    results = {arch: bench_arch(arch, repeats, forward_calls, args.max_wait) for arch in args.only}
+    print("\nsummary: edh / smp, medians (targets: >= 1.2x default, >= 1.0x channels_last)")
+    print(f"{'decoder':<14} {'params equal':>12} {'fwd/default':>11} {'fwd/CL':>7} {'train/default':>13} {'train/CL':>8}")
+    for arch, result in results.items():
+        values = [r["value"] for r in result["ratios"]]
+        same = "yes" if result["parameters"]["edh"] == result["parameters"]["smp"] else "NO"
+        print(f"{arch:<14} {same:>12} {values[0]:>10.2f}x {values[1]:>6.2f}x {values[2]:>12.2f}x {values[3]:>7.2f}x")
+    report = {"environment": env, "smp": smp.__version__, "repeats": repeats,
               "settings": {"forward": f"batch {BATCH}, {SIZE}x{SIZE}, eval, inference_mode, {forward_calls} calls "
                                       "per sample", "train": f"batch {BATCH}, {SIZE}x{SIZE}, SGD momentum 0.9, CE"},
-              "forward": forward_rows, "train": train_rows, "ratios": found}
+              "architectures": results}
     print(f"\nwrote {write_json('segmentation', report)}")
 
 

@@ -25,7 +25,7 @@ def run(args) -> int:
     console = make_console()
     for role, rows in catalog.items():
         table = Table(title=role, show_lines=False)
-        extra = [c for c in ("produces", "accepts", "fits") if rows and c in rows[0]]
+        extra = [c for c in ("produces", "accepts", "requires", "fits") if rows and c in rows[0]]
         for column in ["name", "summary", *extra, "options"]:
             table.add_column(column, overflow="fold")
         for row in rows:

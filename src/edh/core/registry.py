@@ -128,13 +128,15 @@ def register_dataset(name: str):
 
 # What a builder declares when it does not say: a builder may be a class (which inherits the role
 # base's attributes) or a function such as ``resnet18``.
-DECLARED_DEFAULTS: dict[str, Any] = {"accepts": ("pyramid",), "produces": "pyramid", "model_option": None}
+DECLARED_DEFAULTS: dict[str, Any] = {"accepts": ("pyramid",), "produces": "pyramid", "model_option": None,
+                                     "requires": ""}
 
 
 def declared(builder: Any, attribute: str) -> Any:
     """What a registered builder declares (`DECLARED_DEFAULTS` when it states nothing):
 
     - ``accepts`` / ``produces``: the `FeatureSpec` kinds it reads and gives;
+    - ``requires``: what a decoder needs of its encoder beyond the kind, in words (``edh list``);
     - ``model_option``: the option that a name ``<registered name>:<model>`` fills with ``<model>``
       (the ``timm`` encoder: ``timm:convnext_tiny`` sets ``model_name``), or None.
     """

@@ -28,10 +28,13 @@ class Decoder(nn.Module):
         accepts: the `FeatureSpec` kinds this decoder can be built on.
         produces: the kind of its ``out_spec``.
         can_sample: ``sample(count, generator)`` draws outputs from a prior (variational decoders).
+        requires: what the decoder needs of its encoder beyond ``accepts``, in words (``edh list
+            decoders`` shows it; the constructor refuses an encoder without it, saying why).
     """
 
     out_spec: FeatureSpec
     accepts: tuple[str, ...] = ("pyramid",)
+    requires: str = ""
     produces: str = "pyramid"
     can_sample: bool = False
 

@@ -38,6 +38,7 @@ def list_components(role: str | None = None) -> dict[str, list[dict[str, Any]]]:
                 row["accepts"] = list(accepts)
                 if current == "decoder":
                     row["produces"] = declared(builder, "produces")
+                    row["requires"] = declared(builder, "requires") or ""
                 row["fits"] = [_shown(registry.lookup("encoder", e), e) for e, kind in encoders.items() if kind in accepts]
             rows.append(row)
         out[current + "s"] = rows
