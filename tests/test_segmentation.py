@@ -11,7 +11,7 @@ import torch
 import edh
 from edh.data.base import build_data
 from edh.core.features import FeatureSpec
-from edh.heads.segmentation import SegmentationHead, dice_loss
+from edh.heads.segmentation import SegmentationHead
 from edh.core.spec import parse_run_spec
 from edh.core.spec_yaml import read_yaml
 from edh.core.errors import SpecError
@@ -116,7 +116,7 @@ def test_losses_and_ignore_index():
     mixed = perfect.clone()
     mixed[:, :, :3] = wrong[:, :, :3]
     assert head.loss(mixed, ignored)["ce"] < 1e-6 and head.loss(mixed, ignored)["dice"] < 1e-3
-    assert dice_loss(torch.zeros(1, 3, 2, 2, requires_grad=True), torch.zeros(1, 2, 2, dtype=torch.long)).requires_grad
+    assert head.loss(torch.zeros(1, 3, 2, 2, requires_grad=True), torch.zeros(1, 2, 2, dtype=torch.long))["dice"].requires_grad
 
 
 def test_metrics_miou_and_per_class():
@@ -138,9 +138,32 @@ def test_metrics_miou_and_per_class():
     assert head.format_prediction(prediction, 0) == "a 37.5%, b 12.5%"
 
 
+def test_per_class_precision_recall_in_the_table_and_the_scalars():
+    names = ["bg", "a", "b"]
+    head = SegmentationHead(FeatureSpec("pyramid", (8,), (1,)), num_classes=3, class_names=names, ignore_index=255)
+    target = torch.tensor([[[0, 0, 1, 1, 255], [0, 0, 2, 2, 255]]])
+    pred = torch.tensor([[[0, 1, 1, 1, 2], [0, 0, 2, 0, 2]]])  # the ignored column is wrong: it must not count
+    metrics = head.make_metrics("test")
+    head.update_metrics(metrics, torch.nn.functional.one_hot(pred, 3).permute(0, 3, 1, 2).float(), target)
+    values = metrics.compute()
+    kept = target != 255
+    t, p = target[kept], pred[kept]
+    for key, expected in (("precision", [((p == k) & (t == k)).sum() / (p == k).sum() for k in range(3)]),
+                          ("recall", [((p == k) & (t == k)).sum() / (t == k).sum() for k in range(3)])):
+        torch.testing.assert_close(values[key], torch.stack(expected).float())
+    scalars, lines = head.summarize(values)
+    assert lines[0].split() == ["class", "IoU", "Dice", "Precision", "Recall"] and len(lines) == 4
+    for key in ("iou", "dice", "precision", "recall"):  # everything the table shows, as flat floats (edh eval --json)
+        assert [scalars[f"{key}/{name}"] for name in names] == pytest.approx(values[key].tolist())
+    assert all(isinstance(v, float) for v in scalars.values())
+    assert [float(x) for x in lines[2].split()[1:]] == pytest.approx(
+        [scalars[f"{key}/a"] for key in ("iou", "dice", "precision", "recall")], abs=5e-4)
+    assert head.summarize({"miou": values["miou"]})[1] == []  # validation: no per-class figures, no table
+
+
 @pytest.mark.parametrize("options, message", [
     ({"num_classes": 1}, "num_classes >= 2"),
-    ({"num_classes": 3, "loss": "focal"}, "ce, dice, ce\\+dice"),
+    ({"num_classes": 3, "loss": "focal+dcie"}, "unknown loss 'dcie'.*valid: ce, dice, focal, jaccard, lovasz, tversky"),
     ({"num_classes": 3, "class_names": ["a"]}, "class_names"),
 ])
 def test_head_errors(options, message):
@@ -211,6 +234,7 @@ def test_tiny_run_trains_evaluates_and_draws(tmp_path):
     assert run.model.heads["mask"].num_classes == 11 and run.model.heads["mask"].class_names[0] == "background"
     evaluation = evaluate_run(run, "test", tmp_path / "run", progress=False)
     assert 0 <= evaluation.metrics["mask"]["miou"] <= 1 and len(evaluation.reports["mask"]) == 12
+    assert {f"{key}/background" for key in ("iou", "dice", "precision", "recall")} <= set(evaluation.metrics["mask"])
     from PIL import Image
 
     image = (run.info and build_data("scenes", spec.data.options(), 0).test.images[0]).permute(1, 2, 0).numpy()

@@ -13,24 +13,39 @@ file, the values found and the option to set:
   ``ignore_index``; ids with gaps (``0, 1, 5``: set ``num_classes`` to accept classes that never
   occur); more than `MAX_INFERRED_CLASSES` distinct ids (set ``num_classes`` to confirm).
 
-Items: ``(image (C, H, W) float normalised, {"mask": (H, W) int64})``, resized to ``image_size``
-(the mask with nearest-neighbour sampling).
+Items: ``(image (C, H, W) float normalised, {"mask": (H, W) int64})``. Sizes:
+
+- by default every image keeps its own size (``image_size: N`` resizes all to N x N, the mask
+  nearest-neighbour); training items are random ``crop_size`` windows when that is set;
+- training batches need one size: images that differ, without ``image_size`` or ``crop_size``, are
+  refused when the dataset is built (the error names two of them);
+- val / test items of different sizes are batched by `edh.data.augment.PadCollate` (the bundle's
+  ``collate_fn``): images padded at the bottom / right with 0, masks with the ignore value, so
+  padding never counts in loss or metrics. Without ``ignore_index`` the dataset then marks padding
+  (and pixels from outside an augmented image) with `PAD_IGNORE` (255) and says so in its head
+  defaults (``ignore_index: 255``, which the segmentation head takes).
+
+Training augmentation (``augment``, train split only) moves image and mask together
+(`edh.data.augment`); pixels from outside the image get the ignore value (0 = background without one).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from edh.core.errors import DataItemError
+from edh.core.errors import DataItemError, SpecError
 from edh.data.base import DataBundle, DataFilesMissingError, DataInfo, split_indices
 from edh.data.files import ImageReadError, upright_size
 from edh.core.registry import register_dataset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+PAD_IGNORE = 255
+"""Mask value of batch padding when images keep sizes that differ and ``ignore_index`` is not set."""
 MAX_INFERRED_CLASSES = 64
 """More distinct mask values than this, with ``num_classes`` left to the data, are refused (photos, artefacts)."""
 
@@ -206,7 +221,8 @@ class ImageMaskDataset(Dataset):
 
 def _masks_replay(root: Path, images: str, masks: str, ignore_index: int | None):
     """`DataBundle.replay` of image-masks: the recorded images still on disk (with their masks, checked
-    against the recorded number of classes), read with the recorded channels, size and normalisation."""
+    against the recorded number of classes), read with the recorded channels, size (``None``: native, batched
+    by the bundle's `PadCollate`) and normalisation, never augmented or cropped."""
 
     def replay(ids: list[str], info: DataInfo) -> ImageMaskDataset:
         from edh.data.fingerprint import relative_id
@@ -223,27 +239,48 @@ def _masks_replay(root: Path, images: str, masks: str, ignore_index: int | None)
 
 
 def joint_transform(image_size: int | tuple[int, int] | None, mean: tuple[float, ...], std: tuple[float, ...],
-                    augment: str):
-    """Resize (images bilinear, masks nearest), optional flip (``flip``), normalise the image."""
+                    augment: str | dict[str, Any] | None = "none", crop_size: tuple[int, int] | None = None,
+                    mask_fill: int = 0, in_channels: int = 3):
+    """Resize to ``image_size`` when given (images bilinear, masks nearest), then the training steps of
+    ``augment`` and the random ``crop_size`` window (`edh.data.augment.augment_pipeline`), then normalise."""
     from torchvision.transforms import v2
 
-    if augment not in ("none", "flip"):
-        raise ValueError(f"data.augment must be none or flip for image-masks, got {augment!r}")
+    from edh.data.augment import augment_pipeline
+
     steps: list = []
     if image_size:
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         steps.append(v2.Resize(size, antialias=True))
-    if augment == "flip":
-        steps.append(v2.RandomHorizontalFlip())
+    if augment not in (None, "none") or crop_size:
+        steps.append(augment_pipeline(augment, crop_size, mask_fill, in_channels))
     steps.append(v2.Normalize(list(mean), list(std)))
     return v2.Compose(steps)
 
 
+def native_sizes(pairs: list[tuple[Path, Path]], train: list[tuple[Path, Path]], crop_size) -> bool:
+    """Whether images kept at their own size differ; a `SpecError` when training images differ and no
+    ``crop_size`` gives them one size (a batch needs one), naming two of them and the two ways out."""
+    sizes = {image: image_size_of(image) for image, _ in pairs}
+    if crop_size is None:
+        first = train[0][0] if train else None
+        other = next((image for image, _ in train if sizes[image] != sizes[first]), None)
+        if other is not None:
+            (h1, w1), (h2, w2) = sizes[first], sizes[other]
+            raise SpecError(
+                f"data.image_size is not set, so image-masks keeps each image's own size, but training images "
+                f"differ: {first} is {w1}x{h1} and {other} is {w2}x{h2} (WxH), and a training batch needs one "
+                "size. Set data.image_size: N to resize every image to N x N, or data.crop_size: N to train on "
+                "random N x N crops (val / test then keep their own sizes, padded per batch)"
+            )
+    return len(set(sizes.values())) > 1
+
+
 @register_dataset("image-masks")
 def image_masks(root: str, images: str = "images", masks: str = "masks", num_classes: int | None = None,
-                class_names: list[str] | None = None, ignore_index: int | None = None, image_size: int | None = 256,
-                in_channels: int = 3, val_fraction: float = 0.1, test_fraction: float = 0.1, augment: str = "flip",
-                mean: list[float] | None = None, std: list[float] | None = None, seed: int = 0) -> DataBundle:
+                class_names: list[str] | None = None, ignore_index: int | None = None, image_size: int | None = None,
+                crop_size: int | list[int] | None = None, in_channels: int = 3, val_fraction: float = 0.1,
+                test_fraction: float = 0.1, augment: str | dict[str, Any] = "flip", mean: list[float] | None = None,
+                std: list[float] | None = None, seed: int = 0) -> DataBundle:
     """A user's images with per-pixel class masks (see the module docstring for the layout).
 
     Args:
@@ -252,33 +289,51 @@ def image_masks(root: str, images: str = "images", masks: str = "masks", num_cla
         num_classes: classes including background (0); default: the largest id in any mask + 1.
         class_names: a name per class (default ``"0", "1", ...``).
         ignore_index: a mask value that marks pixels to leave out of loss and metrics (e.g. 255).
-        image_size: side images and masks are resized to (``None``: keep; all images must then match).
+        image_size: side every image and mask is resized to (N x N). Default ``None``: each keeps its
+            own size (see the module docstring for batching images of different sizes).
+        crop_size: ``N`` or ``[h, w]``: training items are random crops of that size (padded where an
+            image is smaller); val / test are not cropped. Default ``None``: no crop.
         in_channels: 1 (grayscale), 3 (RGB) or 4 (RGBA).
-        augment: ``flip`` (random horizontal flip of image and mask) or ``none``.
+        augment: training augmentation, a preset (``flip``: random horizontal flip; ``none``) or a
+            mapping of steps (``{hflip: 0.5, vflip: 0.0, rotate: 15, scale: [0.5, 2.0], color: 0.2}``,
+            `edh.data.augment.parse_augment`); image and mask move together. Val / test: never.
         mean, std: normalisation (default: ImageNet's for RGB, 0.5 / 0.5 otherwise).
     """
+    from edh.data.augment import PadCollate, parse_augment, parse_size
+
     if class_names is not None:
         if num_classes is not None and len(class_names) != num_classes:
             raise ValueError(f"data.class_names has {len(class_names)} names but data.num_classes is {num_classes}")
         num_classes = len(class_names)
+    parse_augment(augment)  # a bad augment is refused before any file is read
+    crop = parse_size(crop_size, "data.crop_size")
     pairs = pair_files(Path(root), images, masks)
     num_classes = check_masks(pairs, num_classes, ignore_index)
     names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
     default_mean = {3: (0.485, 0.456, 0.406)}.get(in_channels, (0.5,) * in_channels)
     default_std = {3: (0.229, 0.224, 0.225)}.get(in_channels, (0.5,) * in_channels)
     mean_t, std_t = tuple(mean or default_mean), tuple(std or default_std)
+    train_idx, val_idx, test_idx = split_indices(len(pairs), val_fraction, test_fraction, seed)
+    pick = lambda idx: [pairs[i] for i in idx]  # noqa: E731
+    ignore = ignore_index
+    if image_size is None and native_sizes(pairs, pick(train_idx), crop) and ignore is None:
+        if num_classes > PAD_IGNORE:
+            raise SpecError(f"the images differ in size, so val / test batches are padded, and padded mask pixels "
+                            f"need a value no class uses; with {num_classes} classes set data.ignore_index to one "
+                            "(or data.image_size to resize every image to one size)")
+        ignore = PAD_IGNORE  # marks batch padding, left out of loss and metrics
+    mask_fill = 0 if ignore is None else ignore
     size = (image_size, image_size) if image_size else None
     mask_defaults = {"num_classes": num_classes, "class_names": names}
-    if ignore_index is not None:
-        mask_defaults["ignore_index"] = ignore_index
+    if ignore is not None:
+        mask_defaults["ignore_index"] = ignore
     info = DataInfo("image", in_channels, size, mean_t, std_t, [], {"mask": "segmentation"},
                     {"dataset": "image-masks", "mask_class_names": names, "head_defaults": {"mask": mask_defaults}})
-    train_idx, val_idx, test_idx = split_indices(len(pairs), val_fraction, test_fraction, seed)
-    train_tf = joint_transform(image_size, mean_t, std_t, augment)
+    train_tf = joint_transform(image_size, mean_t, std_t, augment, crop, mask_fill, in_channels)
     eval_tf = joint_transform(image_size, mean_t, std_t, "none")
-    pick = lambda idx: [pairs[i] for i in idx]  # noqa: E731
     folder = Path(root)
     return DataBundle(ImageMaskDataset(pick(train_idx), in_channels, train_tf, folder),
                       ImageMaskDataset(pick(val_idx), in_channels, eval_tf, folder),
                       ImageMaskDataset(pick(test_idx), in_channels, eval_tf, folder), info,
+                      collate_fn=PadCollate(ignore) if image_size is None else None,
                       replay=_masks_replay(folder, images, masks, ignore_index))

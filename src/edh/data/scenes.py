@@ -14,6 +14,10 @@ detection and multi-task models. An item is ``(image, targets)``:
 - ``targets["label"]``: int64 scalar, the 0-based class of the largest object (for classification).
 - ``targets["count"]``: float32 scalar, the number of objects in the scene (for a regression head).
 
+Training augmentation (``augment``, ``crop_size``; off by default) moves image, mask and objects
+together (`edh.data.augment`); the targets are then recomputed from the objects left visible (the
+boxes stay tight, as above), so every task's target describes the augmented image.
+
 Batches need `collate_scenes` (on the bundle as ``collate_fn``): images, masks and labels are
 stacked (and ``count``), ``boxes`` and ``labels`` stay lists of per-image tensors because N varies.
 """
@@ -55,11 +59,23 @@ class SceneDataset(Dataset):
         boxes: per scene ``(N_i, 4)`` float32 xyxy.
         labels: per scene ``(N_i,)`` int64 mask ids (1..K).
         mean, std: per-channel normalisation of the [0, 1] image.
+        instances: ``(N, H, W)`` instance maps (`render_scenes`), needed by ``augment``.
+        augment: a joint pipeline (`edh.data.augment.augment_pipeline`) applied to image, mask and
+            instance map, or ``None``. Boxes are then the tight boxes of each object's pixels left
+            visible (objects that left the image are dropped with their labels), and ``count`` and
+            ``label`` follow them. A draw that leaves no object is drawn again (`AUGMENT_TRIES` times);
+            then the item is the ``crop_size`` window centred on its largest object, unaugmented.
+        crop_size: ``(H, W)`` of ``augment``'s crop, or ``None``.
     """
 
     def __init__(self, images: torch.Tensor, masks: torch.Tensor, boxes: list[torch.Tensor],
-                 labels: list[torch.Tensor], mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+                 labels: list[torch.Tensor], mean: tuple[float, ...], std: tuple[float, ...],
+                 instances: torch.Tensor | None = None, augment: Any = None,
+                 crop_size: tuple[int, int] | None = None) -> None:
         self.images, self.masks, self.boxes, self.labels = images, masks, boxes, labels
+        self.instances, self.augment, self.crop_size = instances, augment, crop_size
+        if augment is not None and instances is None:
+            raise ValueError("SceneDataset needs the scenes' instance maps to augment them")
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
 
@@ -67,12 +83,70 @@ class SceneDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.augment is not None:
+            return self._augmented(index)
         image = (self.images[index].float() / 255.0 - self.mean) / self.std
         boxes, labels = self.boxes[index], self.labels[index]
-        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        largest = labels[int(areas.argmax())] - 1
-        return image, {"mask": self.masks[index].long(), "boxes": boxes.clone(), "labels": labels.clone(),
-                       "label": largest.clone(), "count": torch.tensor(float(len(labels)))}
+        return image, _targets(self.masks[index], boxes.clone(), labels.clone())
+
+    def _augmented(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from torchvision import tv_tensors
+
+        sample = {"image": tv_tensors.Image(self.images[index].float() / 255.0),  # (C, H, W) in [0, 1]
+                  "mask": tv_tensors.Mask(self.masks[index]), "objects": tv_tensors.Mask(self.instances[index])}
+        labels = self.labels[index]
+        for _ in range(AUGMENT_TRIES):
+            out = self.augment(sample)
+            boxes, kept = visible_boxes(out["objects"], len(labels))
+            if len(boxes):
+                break
+        else:
+            out = self._around_largest(sample, index)
+            boxes, kept = visible_boxes(out["objects"], len(labels))
+        image = (out["image"].as_subclass(torch.Tensor) - self.mean) / self.std  # (C, H', W')
+        mask = out["mask"].as_subclass(torch.Tensor)
+        targets = _targets(mask, boxes, labels[kept])
+        if not len(boxes):  # nothing visible even so (a tiny crop of a hollow sprite): keep the scene's class
+            targets["label"] = _targets(self.masks[index], self.boxes[index], labels)["label"]
+        return image, targets
+
+    def _around_largest(self, sample: dict[str, Any], index: int) -> dict[str, Any]:
+        """The ``crop_size`` window centred on the scene's largest object (the whole scene without a crop)."""
+        from edh.data.augment import crop_or_pad
+
+        if self.crop_size is None:
+            return sample
+        boxes = self.boxes[index]
+        x1, y1, x2, y2 = boxes[int(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).argmax())].tolist()
+        height, width = sample["mask"].shape[-2:]
+        corner = []
+        for centre, side, out in ((y1 + y2) / 2, height, self.crop_size[0]), ((x1 + x2) / 2, width, self.crop_size[1]):
+            low, high = sorted((0, side - out))
+            corner.append(min(max(int(centre) - out // 2, low), high))
+        return {key: crop_or_pad(value, corner[0], corner[1], self.crop_size, 0) for key, value in sample.items()}
+
+
+AUGMENT_TRIES = 10
+
+
+def visible_boxes(objects: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tight ``(M, 4)`` xyxy boxes (``x2`` = last column + 1) of the objects ``1..count`` of an instance
+    map ``(H, W)`` that still have pixels, and the indices ``(M,)`` of those objects (0-based)."""
+    from torchvision.ops import masks_to_boxes
+
+    present = objects.as_subclass(torch.Tensor)[None] == torch.arange(1, count + 1).view(-1, 1, 1)  # (N, H, W)
+    kept = present.flatten(1).any(1).nonzero().flatten()  # (M,)
+    boxes = masks_to_boxes(present[kept]) if len(kept) else torch.zeros(0, 4)  # (M, 4), x2 / y2 inclusive
+    boxes[:, 2:] += 1
+    return boxes.float(), kept
+
+
+def _targets(mask: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """An item's targets from its mask, boxes and labels: ``label`` is the class of the largest box."""
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    largest = labels[int(areas.argmax())] - 1 if len(labels) else torch.tensor(-1)
+    return {"mask": mask.long(), "boxes": boxes, "labels": labels, "label": largest.clone(),
+            "count": torch.tensor(float(len(labels)))}
 
 
 def _load_sprites(sprites: str, fashion_root: str | None, seed: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
@@ -113,8 +187,9 @@ def _resized(alpha: np.ndarray, size: int) -> np.ndarray:
 
 def _render_one(rng: np.random.Generator, sprite_alpha: np.ndarray, sprite_classes: np.ndarray, S: int,
                 objects: tuple[int, int], sprite_size: tuple[int, int], noise: float, in_channels: int,
-                overlap: bool) -> tuple[np.ndarray, np.ndarray, list, list]:
-    """One scene: canvas ``(C, S, S)`` float in [0, 1], mask ``(S, S)`` uint8, boxes, mask ids."""
+                overlap: bool) -> tuple[np.ndarray, np.ndarray, list, list, np.ndarray]:
+    """One scene: canvas ``(C, S, S)`` float in [0, 1], mask ``(S, S)`` uint8, boxes, mask ids, and the
+    instance map ``(S, S)``: object ``i`` (1-based, in the order of the boxes) on its pixels, 0 elsewhere."""
     canvas = np.full((in_channels, S, S), rng.uniform(0.0, 0.3), dtype=np.float32)
     if noise > 0:
         canvas += rng.normal(0.0, noise, size=canvas.shape).astype(np.float32)
@@ -141,6 +216,7 @@ def _render_one(rng: np.random.Generator, sprite_alpha: np.ndarray, sprite_class
         placed.append((y, x, size))
         ids.append(int(sprite_classes[pick]) + 1)
     mask = np.zeros_like(order_mask)
+    instances = np.zeros(order_mask.shape, np.uint8 if objects[1] < 256 else np.int32)
     boxes, labels = [], []
     for order, class_id in enumerate(ids, start=1):
         ys, xs = np.nonzero(order_mask == order)
@@ -149,14 +225,16 @@ def _render_one(rng: np.random.Generator, sprite_alpha: np.ndarray, sprite_class
         boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
         labels.append(class_id)
         mask[order_mask == order] = class_id
-    return canvas, mask, boxes, labels
+        instances[order_mask == order] = len(labels)
+    return canvas, mask, boxes, labels, instances
 
 
 def render_scenes(count: int, sprite_alpha: np.ndarray, sprite_classes: np.ndarray, rng: np.random.Generator,
                   image_size: int, objects: tuple[int, int], sprite_size: tuple[int, int], noise: float,
-                  in_channels: int, overlap: bool) -> tuple[torch.Tensor, torch.Tensor, list, list]:
+                  in_channels: int, overlap: bool) -> tuple[torch.Tensor, torch.Tensor, list, list, torch.Tensor]:
     """Draw ``count`` scenes; returns uint8 images ``(count, C, S, S)``, uint8 masks ``(count, S, S)``,
-    and per scene its boxes ``(N, 4)`` float32 and mask ids ``(N,)`` int64.
+    per scene its boxes ``(N, 4)`` float32 and mask ids ``(N,)`` int64, and the instance maps
+    ``(count, S, S)`` (object ``i`` of the scene's boxes on its pixels, 1-based; 0 is background).
 
     Each scene: a flat background of random grey level plus Gaussian noise (std ``noise``), then
     ``objects[0]..objects[1]`` sprites at random sizes and places, each in a random bright colour
@@ -168,17 +246,18 @@ def render_scenes(count: int, sprite_alpha: np.ndarray, sprite_classes: np.ndarr
     S = image_size
     images = np.empty((count, in_channels, S, S), dtype=np.uint8)
     masks = np.empty((count, S, S), dtype=np.uint8)
+    instances = np.empty((count, S, S), dtype=np.uint8 if objects[1] < 256 else np.int32)
     all_boxes, all_labels = [], []
     for index in range(count):
         labels: list = []
         while not labels:
-            canvas, mask, boxes, labels = _render_one(rng, sprite_alpha, sprite_classes, S, objects, sprite_size,
-                                                      noise, in_channels, overlap)
+            canvas, mask, boxes, labels, objects_map = _render_one(rng, sprite_alpha, sprite_classes, S, objects,
+                                                                   sprite_size, noise, in_channels, overlap)
         images[index] = np.clip(canvas * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        masks[index] = mask
+        masks[index], instances[index] = mask, objects_map
         all_boxes.append(torch.tensor(boxes, dtype=torch.float32))
         all_labels.append(torch.tensor(labels, dtype=torch.int64))
-    return torch.from_numpy(images), torch.from_numpy(masks), all_boxes, all_labels
+    return torch.from_numpy(images), torch.from_numpy(masks), all_boxes, all_labels, torch.from_numpy(instances)
 
 
 def _pair(value: int | list[int], name: str) -> tuple[int, int]:
@@ -192,6 +271,7 @@ def _pair(value: int | list[int], name: str) -> tuple[int, int]:
 def scenes(image_size: int = 64, objects: int | list[int] = (1, 3), sprite_size: int | list[int] = (16, 32),
            sprites: str = "digits", noise: float = 0.05, in_channels: int = 3, overlap: bool = False,
            num_train: int = 2000, num_val: int = 250, num_test: int = 500, fashion_root: str | None = None,
+           augment: str | dict[str, Any] = "none", crop_size: int | list[int] | None = None,
            seed: int = 0) -> DataBundle:
     """Scenes of real sprites with exact masks, boxes and labels (see the module docstring for items).
 
@@ -206,8 +286,19 @@ def scenes(image_size: int = 64, objects: int | list[int] = (1, 3), sprite_size:
         overlap: let sprites cover each other (boxes then bound the visible pixels).
         num_train, num_val, num_test: scenes per split; each split draws from its own sprites.
         fashion_root: a folder with the Fashion-MNIST IDX files (default: the Debian package's).
-        seed: fixes the sprite split and every scene.
+        augment: training augmentation, ``none`` (default: the scenes as drawn), ``flip`` or a mapping of
+            steps (``{hflip: 0.5, rotate: 15, scale: [0.5, 2.0], color: 0.2}``, `edh.data.augment.parse_augment`).
+            Image, mask and boxes move together; boxes, ``labels``, ``count`` and ``label`` are then those of
+            the objects left visible (see `SceneDataset`). Val / test: never.
+        crop_size: ``N`` or ``[h, w]``: training items are random windows of that size (padded with
+            background where larger than the canvas); val / test keep ``image_size``. Default: no crop.
+        seed: fixes the sprite split and every scene (and, per epoch and item, the augmentation).
     """
+    from edh.data.augment import augment_pipeline, parse_augment, parse_size
+
+    steps = parse_augment(augment)
+    crop = parse_size(crop_size, "data.crop_size")
+    train_augment = augment_pipeline(augment, crop, 0, in_channels) if steps.active or crop else None
     sizes = _pair(sprite_size, "sprite_size")
     counts = _pair(objects, "objects")
     if sizes[1] > image_size:
@@ -223,8 +314,11 @@ def scenes(image_size: int = 64, objects: int | list[int] = (1, 3), sprite_size:
     for offset, (split, count) in enumerate((("train", num_train), ("val", num_val), ("test", num_test))):
         rng = np.random.default_rng([seed, offset])
         alpha, classes = pools[split]
-        rendered = render_scenes(count, alpha, classes, rng, image_size, counts, sizes, noise, in_channels, overlap)
-        parts[split] = SceneDataset(*rendered, mean, std)
+        *rendered, instances = render_scenes(count, alpha, classes, rng, image_size, counts, sizes, noise,
+                                             in_channels, overlap)
+        augmented = split == "train" and train_augment is not None
+        parts[split] = SceneDataset(*rendered, mean, std, instances if augmented else None,
+                                    train_augment if augmented else None, crop)
     mask_names = ["background", *class_names]
     info = DataInfo(
         "image", in_channels, (image_size, image_size), mean, std, list(class_names),

@@ -1,4 +1,5 @@
-"""Semantic segmentation: a 1x1 convolution to classes, up-sampled to the input size."""
+"""Semantic segmentation: a 1x1 (or 3x3) convolution to classes, up-sampled to the input size; its
+losses are in `edh.heads.segmentation_losses`, its per-class IoU, Dice, precision and recall here."""
 
 from __future__ import annotations
 
@@ -9,44 +10,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edh.ops.crop import crop_to
+from edh.core.errors import SpecError
 from edh.core.features import FeatureSpec
-from edh.heads.base import Head
 from edh.core.registry import register_head
+from edh.heads.base import Head
+from edh.heads.segmentation_losses import SegmentationLoss
+from edh.ops.crop import crop_to
 from edh.utils.images import open_upright
 
-LOSSES = ("ce", "dice", "ce+dice")
 
-
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None,
-              eps: float = 1.0) -> torch.Tensor:
-    """Soft multi-class Dice loss, ``1 - mean_k dice_k`` over the classes present in the batch.
-
-    torchmetrics' Dice is a metric (no gradient) and torchvision has no Dice loss, hence this.
-
-    Args:
-        logits: ``(B, K, H, W)``.
-        target: ``(B, H, W)`` class ids; pixels equal to ``ignore_index`` are left out.
-        eps: smoothing added to numerator and denominator.
-    """
-    num_classes = logits.shape[1]
-    probs = logits.float().softmax(dim=1)  # (B, K, H, W)
-    valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
-    safe = torch.where(valid, target, torch.zeros_like(target))
-    one_hot = F.one_hot(safe, num_classes).permute(0, 3, 1, 2).to(probs.dtype)  # (B, K, H, W)
-    weight = valid.unsqueeze(1).to(probs.dtype)
-    probs, one_hot = probs * weight, one_hot * weight
-    dims = (0, 2, 3)
-    intersection = (probs * one_hot).sum(dims)  # (K,)
-    cardinality = probs.sum(dims) + one_hot.sum(dims)
-    dice = (2 * intersection + eps) / (cardinality + eps)
-    present = one_hot.sum(dims) > 0
-    return 1.0 - (dice[present].mean() if present.any() else dice.mean())
+PER_CLASS = (("iou", "IoU"), ("dice", "Dice"), ("precision", "Precision"), ("recall", "Recall"))
 
 
 @register_head("segmentation")
 class SegmentationHead(Head):
-    """1x1 conv to class logits at the source's resolution, then bilinear up-sampling to the input.
+    """A conv to class logits at the source's resolution, then bilinear up-sampling to the input.
 
     Reads pyramid level 0 (the highest resolution) of its source: the last block of a ``unet``
     decoder, an ``fpn`` level, or an encoder level. Up-sampling is by the level's stride and the
@@ -55,38 +33,61 @@ class SegmentationHead(Head):
     Args:
         num_classes: classes including background (0).
         class_names: a name per class.
-        loss: ``ce`` (cross-entropy), ``dice`` (soft Dice) or ``ce+dice`` (their sum).
-        ignore_index: a target value to leave out of loss and metrics (e.g. 255).
-        class_weights: cross-entropy weight per class.
-        dropout: 2-D dropout before the 1x1 conv.
+        loss: ``ce`` (cross-entropy), ``dice``, ``focal``, ``lovasz``, ``jaccard``, ``tversky``; a sum
+            such as ``ce+dice``; or weights such as ``{ce: 1.0, dice: 0.5}``. Each term is its own
+            (weighted) loss term in the training log. All but ``ce`` are segmentation_models_pytorch's
+            losses; `edh.heads.segmentation_losses` says what each option applies to.
+        loss_options: per-loss options: ``focal: {gamma: 2.0, alpha: null}``,
+            ``tversky: {alpha: 0.3, beta: 0.7, gamma: 1.0}`` (alpha weighs false positives, beta false
+            negatives), ``lovasz: {per_image: false}``.
+        ignore_index: a target value to leave out of every loss and metric (e.g. 255).
+        class_weights: a weight per class, for ``ce`` and multi-class ``focal`` (the other losses
+            weigh classes equally).
+        binary: with ``num_classes: 2``, one logit channel and a sigmoid (smp's ``classes=1``); the
+            losses run in smp's binary mode (``ce`` is BCE with logits) and ``predict`` gives the
+            same ``mask`` and two-class ``probs`` as a two-class head.
+        kernel_size: 1 (the U-Net paper's 1x1 conv; smp's FPN, DeepLab, Linknet) or 3 (smp's Unet,
+            PSPNet, MAnet, PAN).
+        dropout: 2-D dropout before the conv.
 
-    Shapes: features ``[(B, C, H / s, W / s), ...]`` -> logits ``(B, num_classes, H, W)``.
+    Shapes: features ``[(B, C, H / s, W / s), ...]`` -> logits ``(B, num_classes, H, W)``
+    (``(B, 1, H, W)`` when ``binary``).
     """
 
     accepts = ("pyramid",)
     task = "segmentation"
     reads_level = 0
     function = "1x1 conv to classes, upsample to input size"
+    tiling = "blend"  # its logits are a per-pixel map at the input's resolution: tiles are blended (Head.tiling)
 
     def __init__(self, in_spec: FeatureSpec, num_classes: int, class_names: list[str] | None = None,
-                 loss: Literal["ce", "dice", "ce+dice"] = "ce", ignore_index: int | None = None,
-                 class_weights: list[float] | None = None, dropout: float = 0.0) -> None:
+                 loss: str | dict[str, float] = "ce", loss_options: dict[str, dict[str, Any]] | None = None,
+                 ignore_index: int | None = None, class_weights: list[float] | None = None, binary: bool = False,
+                 kernel_size: Literal[1, 3] = 1, dropout: float = 0.0) -> None:
         super().__init__(in_spec)
         if num_classes < 2:
-            raise ValueError(f"segmentation needs num_classes >= 2 (background + at least one class), got {num_classes}")
+            raise ValueError(f"segmentation needs num_classes >= 2 (background + at least one class), got {num_classes}"
+                             + ("; a binary head has num_classes: 2 and binary: true" if num_classes == 1 else ""))
+        if binary and num_classes != 2:
+            raise SpecError(f"binary: true is one foreground class against the background, so num_classes must be 2, "
+                            f"got {num_classes}; set num_classes: 2 or binary: false")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
-        if loss not in LOSSES:
-            raise ValueError(f"segmentation loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(f"class_weights has {len(class_weights)} values but num_classes is {num_classes}")
+        if kernel_size not in (1, 3):
+            raise SpecError(f"kernel_size must be 1 or 3, got {kernel_size!r}")
+        self.criterion = SegmentationLoss(loss, loss_options, binary, ignore_index, class_weights)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        self.loss_kind = loss
         self.ignore_index = ignore_index
+        self.binary = binary
         self.stride = in_spec.strides[0]
         self.dropout = nn.Dropout2d(dropout) if dropout else nn.Identity()
-        self.conv = nn.Conv2d(in_spec.channels[0], num_classes, 1)
+        self.conv = nn.Conv2d(in_spec.channels[0], 1 if binary else num_classes, kernel_size, padding=kernel_size // 2)
+        if kernel_size != 1 or binary:
+            self.function = (f"{kernel_size}x{kernel_size} conv to " + ("1 logit (sigmoid)" if binary else "classes")
+                             + ", upsample to input size")
         if class_weights is not None:
             self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32), persistent=False)
         else:
@@ -95,7 +96,6 @@ class SegmentationHead(Head):
     def bind_data(self, info: Any) -> None:
         """Refuse masks with more classes than ``num_classes`` (when the data states its mask classes),
         and an ``ignore_index`` other than the data's, before the first step."""
-        from edh.core.errors import SpecError
         from edh.heads.data_checks import check_classes, data_target, head_path
 
         target = data_target(self, info, ("segmentation",), extra_names="mask_class_names")
@@ -121,26 +121,27 @@ class SegmentationHead(Head):
         return logits  # (B, K, H, W)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        targets = targets.long()
+        """Each loss term (times its weight) of ``(B, K, H, W)`` logits against ``(B, H, W)`` masks."""
         if targets.shape[-2:] != outputs.shape[-2:]:
             raise ValueError(f"segmentation logits are {tuple(outputs.shape[-2:])} but masks are "
                              f"{tuple(targets.shape[-2:])}; masks must have the input images' size")
-        terms = {}
-        if self.loss_kind in ("ce", "ce+dice"):
-            ignore = -100 if self.ignore_index is None else self.ignore_index
-            terms["ce"] = F.cross_entropy(outputs.float(), targets, weight=self.class_weights, ignore_index=ignore)
-        if self.loss_kind in ("dice", "ce+dice"):
-            terms["dice"] = dice_loss(outputs, targets, self.ignore_index)
-        return terms
+        return self.criterion(outputs, targets, self.class_weights)
 
     def predict(self, outputs: torch.Tensor, **meta: Any) -> dict[str, Any]:
-        """``mask`` ``(B, H, W)`` int64 class map, ``probs`` ``(B, K, H, W)``, and the ``class_names``."""
-        probs = outputs.float().softmax(dim=1)
+        """``mask`` ``(B, H, W)`` int64 class map, ``probs`` ``(B, K, H, W)``, and the ``class_names``.
+        Binary: ``mask`` is ``p >= 0.5`` and ``probs`` is ``[1 - p, p]``, as a two-class head's."""
+        if self.binary:
+            p = outputs.float().sigmoid()  # (B, 1, H, W)
+            probs = torch.cat([1 - p, p], dim=1)  # (B, 2, H, W)
+            return {"mask": (p[:, 0] >= 0.5).long(), "probs": probs, "class_names": self.class_names}
+        probs = outputs.float().softmax(dim=1)  # (B, K, H, W)
         return {"mask": probs.argmax(dim=1), "probs": probs, "class_names": self.class_names}
 
     def make_metrics(self, stage: str = "val"):
+        """mIoU and pixel accuracy; at ``test`` also per-class IoU, Dice, precision and recall."""
         from torchmetrics import MetricCollection
-        from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
+        from torchmetrics.classification import (MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex,
+                                                 MulticlassPrecision, MulticlassRecall)
 
         n, ignore = self.num_classes, self.ignore_index
         common = dict(ignore_index=ignore, validate_args=False)
@@ -149,19 +150,32 @@ class SegmentationHead(Head):
         if stage == "test":
             metrics["iou"] = MulticlassJaccardIndex(n, average=None, **common)
             metrics["dice"] = MulticlassF1Score(n, average=None, **common)  # pixel F1 is Dice
+            metrics["precision"] = MulticlassPrecision(n, average=None, **common)
+            metrics["recall"] = MulticlassRecall(n, average=None, **common)
         return MetricCollection(metrics)
 
     def update_metrics(self, metrics, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        metrics.update(outputs.argmax(dim=1), targets.long())
+        if self.binary:
+            mask = (outputs[:, 0].float().sigmoid() >= 0.5).long()  # (B, H, W): as predict's
+        else:
+            mask = outputs.argmax(dim=1)  # (B, H, W)
+        metrics.update(mask, targets.long())
 
     def summarize(self, values: dict[str, torch.Tensor], out_dir: Path | None = None) -> tuple[dict[str, float], list[str]]:
+        """The scalars (``miou``, ``pixel_acc``, and each per-class figure as ``iou/<class>``,
+        ``dice/<class>``, ``precision/<class>``, ``recall/<class>``) and a table of the per-class ones."""
         scalars = {k: float(v) for k, v in values.items() if v.numel() == 1}
-        lines = []
-        if "iou" in values:
-            width = max(5, *(len(n) for n in self.class_names))
-            lines.append(f"{'class':<{width}}     IoU    Dice")
-            for name, iou, dice in zip(self.class_names, values["iou"].tolist(), values["dice"].tolist()):
-                lines.append(f"{name:<{width}}  {iou:6.3f}  {dice:6.3f}")
+        columns = [(key, title) for key, title in PER_CLASS
+                   if key in values and values[key].numel() == self.num_classes]
+        if not columns:
+            return scalars, []
+        table = {key: values[key].tolist() for key, _ in columns}
+        for key, figures in table.items():
+            scalars.update({f"{key}/{name}": value for name, value in zip(self.class_names, figures)})
+        width = max(5, *(len(n) for n in self.class_names))
+        lines = [f"{'class':<{width}}" + "".join(f"  {title:>9}" for _, title in columns)]
+        for index, name in enumerate(self.class_names):
+            lines.append(f"{name:<{width}}" + "".join(f"  {table[key][index]:9.3f}" for key, _ in columns))
         return scalars, lines
 
     def format_prediction(self, prediction: dict[str, Any], index: int) -> str:

@@ -63,7 +63,9 @@ def _strip(state: dict[str, torch.Tensor], own: set[str]) -> dict[str, torch.Ten
 def load_encoder_weights(module: nn.Module, path: str | Path) -> None:
     """Load a local weight file into an encoder.
 
-    Classifier keys of a full-model file (``fc.*``, ``head.*``...) are skipped and logged by name.
+    Classifier keys of a full-model file (``fc.*``, ``head.*``...), and those of stages the encoder
+    does not build (its ``skipped_weight_prefixes``: a ResNet of ``depth`` 3 has no layer3, layer4),
+    are skipped and logged by name.
     A missing key, any other unexpected key, or a shape mismatch raises `WeightsFileError` naming the
     file and the tensors. A first convolution trained on 3 channels is adapted to ``in_channels``.
     The file itself is checked by `load_tensors`: a directory, a FIFO, a text file, an edited
@@ -72,7 +74,9 @@ def load_encoder_weights(module: nn.Module, path: str | Path) -> None:
     state = load_tensors(check_weights_file(path))
     own = module.state_dict()
     state = _strip(state, set(own))
-    skipped = sorted(k for k in state if k not in own and k.startswith(_CLASSIFIER_PREFIXES))
+    # classifier keys, and the keys of stages the encoder does not build (``skipped_weight_prefixes``)
+    unused = _CLASSIFIER_PREFIXES + tuple(getattr(module, "skipped_weight_prefixes", ()))
+    skipped = sorted(k for k in state if k not in own and k.startswith(unused))
     state = {k: v for k, v in state.items() if k not in skipped}
     for key, value in list(state.items()):
         target = own.get(key)
@@ -98,4 +102,5 @@ def load_encoder_weights(module: nn.Module, path: str | Path) -> None:
         )
     module.load_state_dict(state, strict=True)
     if skipped:
-        log.warning("loaded %s; skipped classifier keys not used by an encoder: %s", path, ", ".join(skipped))
+        log.warning("loaded %s; skipped keys this encoder does not use (classifier, stages not built): %s", path,
+                    ", ".join(skipped))
