@@ -6,7 +6,9 @@ Per architecture, both models are built with smp's defaults (random weights, 2 c
 encoder (dilated as smp dilates it: DeepLabV3 output stride 8, DeepLabV3+ 16), and for DPT a
 ViT-S/16 (timm), both at 256x256. edh's segmentation head gets smp's head kernel (3x3 or 1x1,
 ``heads.mask.kernel_size``), so the two models are the same network: the parameter counts are
-printed side by side and must match.
+printed side by side and match, except where smp keeps weights it never runs (PSPNet reads the
+stride-8 level: smp keeps the unused layer3 / layer4 of its ResNet, edh's ``depth: 3`` does not
+build them) or where DPT's readout differs (docs/segmentation.md).
 
 Forward: batch 4, 256x256, eval, ``torch.inference_mode()``. smp runs with its defaults
 (contiguous) and in channels_last; edh runs through `edh.utils.perf.prepare_for_inference`
@@ -58,7 +60,7 @@ ARCHS: dict[str, Arch] = {
     "linknet": Arch("Linknet", 1),
     "manet": Arch("MAnet", 3),
     "pan": Arch("PAN", 3, encoder={"name": "resnet34", "output_stride": 16}),
-    "pspnet": Arch("PSPNet", 3),
+    "pspnet": Arch("PSPNet", 3, encoder={"name": "resnet34", "depth": 3}),  # smp's encoder_depth 3
     "deeplabv3": Arch("DeepLabV3", 1, encoder={"name": "resnet34", "output_stride": 8}),
     "deeplabv3plus": Arch("DeepLabV3Plus", 1, encoder={"name": "resnet34", "output_stride": 16}),
     "upernet": Arch("UPerNet", 1),
@@ -161,11 +163,13 @@ def main() -> None:
           f"{repeats} round-robin repeats, medians", flush=True)
     results = {arch: bench_arch(arch, repeats, forward_calls, args.max_wait) for arch in args.only}
     print("\nsummary: edh / smp, medians (targets: >= 1.2x default, >= 1.0x channels_last)")
-    print(f"{'decoder':<14} {'params equal':>12} {'fwd/default':>11} {'fwd/CL':>7} {'train/default':>13} {'train/CL':>8}")
+    print(f"{'decoder':<14} {'params edh':>11} {'params smp':>11} {'fwd/default':>11} {'fwd/CL':>7} "
+          f"{'train/default':>13} {'train/CL':>8}")
     for arch, result in results.items():
         values = [r["value"] for r in result["ratios"]]
-        same = "yes" if result["parameters"]["edh"] == result["parameters"]["smp"] else "NO"
-        print(f"{arch:<14} {same:>12} {values[0]:>10.2f}x {values[1]:>6.2f}x {values[2]:>12.2f}x {values[3]:>7.2f}x")
+        counts = result["parameters"]
+        print(f"{arch:<14} {counts['edh']:>11,} {counts['smp']:>11,} {values[0]:>10.2f}x {values[1]:>6.2f}x "
+              f"{values[2]:>12.2f}x {values[3]:>7.2f}x")
     report = {"environment": env, "smp": smp.__version__, "repeats": repeats,
               "settings": {"forward": f"batch {BATCH}, {SIZE}x{SIZE}, eval, inference_mode, {forward_calls} calls "
                                       "per sample", "train": f"batch {BATCH}, {SIZE}x{SIZE}, SGD momentum 0.9, CE"},

@@ -196,11 +196,48 @@ def test_dense_families_export(runs, family, outputs):
     assert checks[0].shape[0] == 3  # checked at batch 3, traced at batch 2
 
 
+def test_unet_exports_with_dynamic_height_and_width(runs, tmp_path):
+    run = runs("unet")  # traced at 64x64
+    report = export_run(run, out=tmp_path / "unet.onnx")
+    assert any(n.startswith("dynamic height and width: also checked at 97x81") for n in report.notes)
+    graph = OnnxGraph(tmp_path / "unet.onnx")
+    assert graph.metadata["dynamic_size"] and graph.metadata["input_size"] == [64, 64]
+    backed = onnx_run(run, tmp_path / "unet.onnx").model
+    for size in [(96, 80), (45, 70)]:
+        images = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            expected = run.model(images)["mask"]
+        assert graph(images)["mask"].shape == (2, 11, *size)
+        torch.testing.assert_close(backed(images)["mask"], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_predict_over_onnxruntime_at_the_images_own_size(tmp_path, cli, capsys):
+    from test_segmentation import _write_pair
+
+    for index in range(10):
+        _write_pair(tmp_path / "data", f"im{index}", size=(24, 20))
+    data = {"name": "image-masks", "root": str(tmp_path / "data"), "image_size": None, "batch_size": 4}
+    run = make_run({"model": SPECS["unet"]["model"], "data": data}, tmp_path / "run")  # native size: no resize
+    assert cli(["export", str(run.path), "--input-size", "32", "32"]) == 0
+    assert "dynamic height and width" in capsys.readouterr().out
+    image = tmp_path / "other.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(image)
+    assert cli(["predict", str(run.path), str(image), "--out", str(tmp_path / "eager")]) == 0
+    eager = capsys.readouterr().out
+    assert cli(["predict", str(run.path), str(image), "--backend", "onnxruntime", "--out", str(tmp_path / "ort")]) == 0
+    exported = capsys.readouterr().out
+    assert [l for l in exported.splitlines() if "\tmask:" in l] == [l for l in eager.splitlines() if "\tmask:" in l]
+    assert f"wrote {tmp_path / 'ort' / 'other.overlay.png'}" in exported
+
+
 def test_yolo_export_raw_outputs_and_with_nms(runs, tmp_path):
     run = runs("yolo")
     raw = export_run(run, out=tmp_path / "raw.onnx")
     names = [c.name for c in raw.checks["raw.onnx"]]
     assert names[:3] == ["boxes.cls_logits", "boxes.box_regression", "boxes.centerness"] and raw.max_abs_diff < 1e-4
+    assert any(n.startswith("input size fixed at 64x64") for n in raw.notes)  # its grid is traced at that size
+    with pytest.raises(ExportError, match="exported for 64x64 images, got 96x96"):
+        onnx_run(run, tmp_path / "raw.onnx").model(torch.randn(1, 3, 96, 96))
     assert "NonMaxSuppression" not in _ops(tmp_path / "raw.onnx")
     nms = export_run(run, out=tmp_path / "nms.onnx", nms=True)
     assert "NonMaxSuppression" in _ops(tmp_path / "nms.onnx")

@@ -13,6 +13,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    from edh.heads.base import headline
     from edh.workflows.demo import DEMOS, run_demo
 
     chosen = [d for d in DEMOS if not args.only or d.name in args.only]
@@ -25,14 +26,14 @@ def run(args) -> int:
         result = run_demo(demo, Path(args.out), quick=args.quick)
         print(result.table)
         for head, values in result.metrics.items():
-            print(f"test [{head}] " + "  ".join(f"{k}={v:.4f}" for k, v in values.items()))
+            print(f"test [{head}] " + "  ".join(f"{k}={v:.4f}" for k, v in headline(values).items()))
         results.append(result)
     from edh.inspection.report import write_report
 
     html_path, md_path = write_report(results, Path(args.out))
     print("\n=== summary ===")
     for result in results:
-        metrics = "; ".join(f"{h}: " + ", ".join(f"{k}={v:.3f}" for k, v in list(m.items())[:3])
+        metrics = "; ".join(f"{h}: " + ", ".join(f"{k}={v:.3f}" for k, v in list(headline(m).items())[:3])
                             for h, m in result.metrics.items())
         print(f"{result.demo.name:<12} {result.seconds:6.1f}s  {metrics}  ({result.run_dir})")
     print(f"report: {html_path} (and {md_path.name})")

@@ -14,6 +14,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allow-changed-data", action="store_true",
                         help="evaluate even when the data on disk is not what the run trained on (renamed / added "
                              "classes, files moved between splits, other preprocessing): a warning lists the changes")
+    from edh.commands.predict import add_tile_arguments
+
+    add_tile_arguments(parser)
     add_speed_arguments(parser)
 
 
@@ -23,6 +26,7 @@ def run(args) -> int:
     import json
     import logging
 
+    from edh.heads.base import headline
     from edh.ops.generation import generates
     from edh.workflows.evaluate import evaluate_run, write_plots
     from edh.workflows.run import load_run
@@ -33,14 +37,15 @@ def run(args) -> int:
     allow = getattr(args, "allow_changed_data", False)
     generating = generates(loaded.model)  # its translations file is written while evaluating (if it can be)
     result = evaluate_run(loaded, args.split, out if generating else None, progress=not args.json,
-                          allow_changed_data=allow)
+                          allow_changed_data=allow, tile=getattr(args, "tile", None),
+                          overlap=getattr(args, "overlap", None))
     if args.json:
         print(json.dumps({"split": result.split, "count": result.count, "metrics": result.metrics}, indent=2),
               flush=True)
     else:
         print(f"{result.split} split, {result.count} samples")
         for head, values in result.metrics.items():
-            print(f"[{head}] " + "  ".join(f"{k}={v:.4f}" for k, v in values.items()))
+            print(f"[{head}] " + "  ".join(f"{k}={v:.4f}" for k, v in headline(values).items()))
             for line in result.reports.get(head, []):
                 print("  " + line)
         print(end="", flush=True)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from edh.commands import add_speed_arguments, apply_speed_arguments, positive_int, read_input_lines
+from edh.commands import add_speed_arguments, apply_speed_arguments, finite_float, positive_int, read_input_lines
 
 NAME = "predict"
 ITEMS = "images"  # the items may also follow the options (edh predict RUNDIR --top-k 3 a.png b.png)
@@ -28,7 +28,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allow-changed-data", action="store_true",
                         help="predict even when the run's data.json was edited after training (the preprocessing "
                              "the run was trained with is used, with a warning)")
+    add_tile_arguments(parser)
     add_speed_arguments(parser)
+
+
+def add_tile_arguments(parser) -> None:
+    """``--tile N`` and ``--overlap F``: sliding-window inference at the images' own size (also ``edh eval``)."""
+    group = parser.add_argument_group("large images (models whose heads all tile, e.g. segmentation)")
+    group.add_argument("--tile", type=positive_int, metavar="N",
+                       help="run each image at its own size on overlapping NxN tiles, outputs blended where they "
+                            "overlap (instead of resizing it to the run's image size)")
+    group.add_argument("--overlap", type=finite_float, metavar="F",
+                       help="the fraction of a tile shared with its neighbour, in [0, 1) (default 0.25; with --tile)")
 
 
 def run(args) -> int:
@@ -71,7 +82,9 @@ def run(args) -> int:
     if args.heads:
         loaded.model.remove_heads(args.heads)
     results, written = predict_inputs(loaded, items, args.out, args.top_k,
-                                      allow_changed_data=getattr(args, "allow_changed_data", False))
+                                      allow_changed_data=getattr(args, "allow_changed_data", False),
+                                      tile=getattr(args, "tile", None), overlap=getattr(args, "overlap", None),
+                                      progress=True)
     for result in results:
         for head, line in result.lines.items():
             print(f"{result.source}\t{head}: {line}")

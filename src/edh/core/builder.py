@@ -84,7 +84,7 @@ OPTION_RANGES: dict[str, Range] = {
     "num_classes": Range(ge=1, le=100_000), "num_outputs": Range(ge=1, le=100_000), "top_k": Range(ge=1, le=100_000),
     "vocab_size": Range(ge=1, le=1_000_000),
     # sizes in pixels, channels, widths, depths
-    "image_size": _PIXELS, "sprite_size": _PIXELS, "in_channels": Range(ge=1, le=1024),
+    "image_size": _PIXELS, "crop_size": _PIXELS, "sprite_size": _PIXELS, "in_channels": Range(ge=1, le=1024),
     "out_channels": _WIDTH, "channels": _WIDTH, "decoder_channels": _WIDTH, "base_width": _WIDTH, "width": _WIDTH,
     "d_model": _WIDTH, "latent_dim": _WIDTH, "representation_size": _WIDTH, "ffn_dim": Range(ge=1, le=262_144),
     "hidden": Range(ge=0, le=65536), "num_heads": _LAYERS, "num_layers": _LAYERS, "depth": Range(ge=1, le=1000),

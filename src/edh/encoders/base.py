@@ -23,8 +23,11 @@ class Encoder(nn.Module):
         default_input_size: ``(H, W)`` used by ``describe`` when none is given (images),
             or ``(S,)`` for tokens.
         produces: the kind of ``out_spec`` (``pyramid`` or ``sequence``), for ``edh list``.
-        input_axes: the dynamic axes of the input in an exported graph, ``{axis: name}`` (images:
-            the batch; the image size is the run's; token ids and audio add their length).
+        input_axes: the dynamic axes of the input in an exported graph, ``{axis: name}``. Images:
+            the batch, height and width (convolutional encoders trace shape-generically; an encoder
+            that takes one size only, such as a ViT with fixed position embeddings, keeps
+            ``{0: "batch"}``; `edh.export.runs` also checks the graph at another size and falls
+            back to the traced size where it does not follow); token ids and audio: batch and length.
     """
 
     out_spec: FeatureSpec
@@ -32,7 +35,7 @@ class Encoder(nn.Module):
     input_kind: str = "image"
     in_channels: int = 3
     default_input_size: tuple[int, ...] = (224, 224)
-    input_axes: dict[int, str] = {0: "batch"}
+    input_axes: dict[int, str] = {0: "batch", 2: "height", 3: "width"}
 
     def example_input(self, input_size: tuple[int, ...] | None = None, batch_size: int = 1,
                       device: torch.device | str = "cpu") -> torch.Tensor:

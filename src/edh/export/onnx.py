@@ -3,7 +3,8 @@
 `export_graph` traces a module (PyTorch's TorchScript-based exporter, ``dynamo=False``: it
 needs no ``onnxscript`` and follows edh's Python control flow by tracing), names every output
 after its place in the output tree (`edh.export.flatten`), makes the batch axis dynamic on the
-inputs and on every output that has one, and writes the file atomically with the output layout in
+inputs and on every output that has one (more axes, such as an image's height and width, on
+request), and writes the file atomically with the output layout in
 the ONNX metadata (key ``edh``). `check_graph` runs the file with onnxruntime at another batch size
 than the traced one and reports the max abs difference per output against eager PyTorch;
 `OnnxGraph` loads a file and returns outputs in the module's own tree form, so each head's eager
@@ -196,15 +197,16 @@ def _unique(names: list[str], taken: set[str]) -> list[str]:
     return out
 
 
-def session(path: str | Path, threads: int | None = None):
-    """An onnxruntime ``InferenceSession`` on the CPU, with a clear error for a missing or broken file."""
+def session(path: str | Path, threads: int | None = None, quiet: bool = False):
+    """An onnxruntime ``InferenceSession`` on the CPU, with a clear error for a missing or broken file;
+    ``quiet``: onnxruntime logs nothing below fatal (a run expected to fail may fail silently)."""
     import onnxruntime as ort
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX file {path} does not exist; make it with `edh export RUNDIR --format onnx`")
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4 if quiet else 3
     if threads:
         options.intra_op_num_threads = threads
     try:
@@ -230,11 +232,12 @@ class OnnxGraph:
     Args:
         path: the ``.onnx`` file written by `export_graph`.
         threads: onnxruntime intra-op threads (default: its own choice).
+        quiet: onnxruntime logs nothing below fatal errors (for runs that are allowed to fail).
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, quiet: bool = False) -> None:
         self.path = Path(path)
-        self.session = session(self.path, threads)
+        self.session = session(self.path, threads, quiet)
         self.metadata = read_metadata(self.path)
         self.input_names = list(self.metadata["inputs"])
         self.output_names = list(self.metadata["outputs"])

@@ -3,7 +3,8 @@
 Families:
 
 - image models (classifier, U-Net, autoencoder / VAE, YOLO-style detector, multi-task): one graph
-  ``images (B, C, H, W) -> every head's raw outputs`` (`export_image_run`); with ``nms`` the
+  ``images (B, C, H, W) -> every head's raw outputs`` (`export_image_run`), with dynamic height and
+  width where the encoder allows it and the graph follows another size (`size_axes`); with ``nms`` the
   post-processing of the heads that declare one (``Head.export_postprocess``: detection heads'
   NMS) is in the graph too, and heads whose raw outputs do not batch (``Head.export_raw`` False)
   always export that way (`edh.export.postprocess`).
@@ -83,7 +84,12 @@ def image_size_of(run: Run, input_size: tuple[int, int] | None) -> tuple[int, in
 def export_image_run(run: Run, out: Path, heads: list[str] | None = None, opset: int = DEFAULT_OPSET,
                      tolerance: float = DEFAULT_TOLERANCE, fold_bn: bool = True, nms: bool = False,
                      input_size: tuple[int, int] | None = None) -> ExportReport:
-    """``images (B, C, H, W) -> outputs`` of every kept head (or the decoder), as one ONNX graph."""
+    """``images (B, C, H, W) -> outputs`` of every kept head (or the decoder), as one ONNX graph.
+
+    Height and width are dynamic where the encoder says so (``Encoder.input_axes``) and the graph
+    then matches eager PyTorch at another size too (`size_axes`); otherwise, and for graphs with
+    post-processing in them (detection), they stay the traced size, and the report says which.
+    """
     size = image_size_of(run, input_size)
     model = prepare_model(run.model, heads, fold_bn)
     reference = copy.deepcopy(run.model).eval()
@@ -98,7 +104,8 @@ def export_image_run(run: Run, out: Path, heads: list[str] | None = None, opset:
         raise ExportError(f"{run.path}: the model does not run on {size[0]}x{size[1]} inputs ({error}); export "
                           "for a larger --input-size") from None
     metadata = {"edh_version": __version__, "kind": "image", "input_size": list(size),
-                "in_channels": run.info.in_channels, "heads": list(model.heads), "nms": nms, "fold_bn": fold_bn}
+                "in_channels": run.info.in_channels, "heads": list(model.heads), "nms": nms, "fold_bn": fold_bn,
+                "dynamic_size": False}
     notes = [f"BatchNorm folded: {folded} of {count_batchnorm(reference)} layers" if fold_bn else "BatchNorm kept"]
     unbatched = [n for n, h in model.heads.items() if not h.export_raw]
     if unbatched and not nms:
@@ -108,11 +115,72 @@ def export_image_run(run: Run, out: Path, heads: list[str] | None = None, opset:
     if nms:
         from edh.export.postprocess import export_with_postprocess
 
+        notes.append(f"input size fixed at {size[0]}x{size[1]}: the post-processing in the graph is traced at it")
         return export_with_postprocess(run, model, reference, example, probe, out, opset, tolerance, metadata,
                                        notes)
+    other = other_size(run.model, size)
+    axes, why = size_axes(reference, example, other)
+    if axes is not None:
+        export_graph(model, (example,), out, ["images"], opset, probe=(probe,), dynamic_axes=axes,
+                     metadata={**metadata, "dynamic_size": True})
+        checks = check_graph(out, reference, (probe,), tolerance)
+        try:
+            at_other = check_graph(OnnxGraph(out, quiet=True), reference, (_random_images(run, other),), tolerance)
+        except Exception as error:  # noqa: BLE001 - onnxruntime's own errors too: the graph baked in a size
+            why = f"the graph traced with dynamic height and width does not follow another size ({_first_line(error)})"
+        else:
+            notes.append(f"dynamic height and width: also checked at {other[0]}x{other[1]}, max abs diff vs eager "
+                         f"{max((c.max_abs_diff for c in at_other), default=0.0):.3g}")
+            return ExportReport([out], {out.name: checks}, notes)
+    notes.append(f"input size fixed at {size[0]}x{size[1]}: {why}")
     export_graph(model, (example,), out, ["images"], opset, probe=(probe,), metadata=metadata)
     checks = check_graph(out, reference, (probe,), tolerance)
     return ExportReport([out], {out.name: checks}, notes)
+
+
+def other_size(model: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
+    """A second input size to check a graph with dynamic height and width at: larger than ``size`` and
+    no multiple of the encoder's deepest stride, so every rounding and crop of odd sizes is in it."""
+    strides = getattr(model.encoder.out_spec, "strides", None) or (32,)
+    stride = max(int(s) for s in strides)
+    return size[0] + stride + 1, size[1] + stride // 2 + 1
+
+
+def _random_images(run: Run, size: tuple[int, int]) -> torch.Tensor:
+    return torch.randn(CHECK_BATCH, run.info.in_channels, *size, generator=torch.Generator().manual_seed(7))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
+
+
+def size_axes(reference: nn.Module, example: torch.Tensor,
+              other: tuple[int, int]) -> tuple[dict[str, dict[int, str]] | None, str]:
+    """The dynamic height / width axes of the image graph: ``{"images": {2: "height", 3: "width"}}`` (as the
+    encoder's ``input_axes`` has them) and, per output, each axis whose length follows the input size
+    between eager runs at the traced size and at ``other``. ``(None, why)`` when the encoder takes one
+    size only, or the model does not run at ``other`` or gives other outputs there."""
+    from edh.export.flatten import flatten
+
+    dims = {axis: label for axis, label in reference.encoder.input_axes.items() if axis in (2, 3)}
+    if not dims:
+        return None, f"the encoder {type(reference.encoder).__name__} takes one image size (Encoder.input_axes)"
+    images = torch.randn(example.shape[0], example.shape[1], *other, generator=torch.Generator().manual_seed(3))
+    try:
+        with torch.inference_mode():
+            traced, moved = flatten(reference(example))[:2], flatten(reference(images))[1]
+    except (RuntimeError, ValueError, AssertionError) as error:  # e.g. a ViT's fixed position embeddings
+        return None, f"the model does not run at {other[0]}x{other[1]} ({_first_line(error)})"
+    names, first = traced
+    if len(first) != len(moved) or any(a.ndim != b.ndim for a, b in zip(first, moved)):
+        return None, f"the model gives other outputs at {other[0]}x{other[1]}"
+    axes: dict[str, dict[int, str]] = {"images": dims}
+    for name, a, b in zip(names, first, moved):
+        grown = {axis: f"{name}_{axis}" for axis in range(1, a.ndim) if a.shape[axis] != b.shape[axis]}
+        if grown:
+            axes[name] = grown
+    return axes, ""
 
 
 def export_run(run: Run | str | Path, out: str | Path | None = None, heads: list[str] | None = None,
@@ -197,7 +265,7 @@ class OnnxImageModel(nn.Module):
 
     def forward(self, images: torch.Tensor, **context: Any) -> dict[str, Any]:
         expected = tuple(self.graph.metadata["input_size"])
-        if tuple(images.shape[-2:]) != expected:
+        if not self.graph.metadata.get("dynamic_size") and tuple(images.shape[-2:]) != expected:
             raise ExportError(f"{self.graph.path} was exported for {expected[0]}x{expected[1]} images, got "
                               f"{images.shape[-2]}x{images.shape[-1]}; export again with --input-size")
         if self.postprocess_heads:

@@ -58,6 +58,12 @@ class Head(nn.Module):
             by `Model.bind_data` before ``bind_data`` runs, so a head can check the data's target.
         generates: the head turns decoder features into token logits (``logits``) for step-by-step
             generation (`edh.ops.generation`); ``generation_defaults`` gives its search settings.
+        tiling: how the head's raw outputs are stitched when the model runs on overlapping tiles of
+            a large image (`edh.ops.tiling`): ``"blend"`` (the output is a per-pixel map
+            ``(B, K, H, W)`` at the input's resolution; overlaps are blended with weights that fall
+            off towards tile borders), or None (the head cannot run tiled). A model is tileable when
+            every head it runs has a tiling; ``"blend"`` also lets ``edh predict`` up-sample the map
+            back to an image's own size when the run resized it.
     """
 
     accepts: tuple[str, ...] = ("pyramid", "sequence", "vector")
@@ -69,6 +75,7 @@ class Head(nn.Module):
     export_raw: bool = True
     generates: bool = False
     target_key: str | None = None
+    tiling: str | None = None
 
     def __init__(self, in_spec: FeatureSpec) -> None:
         super().__init__()
@@ -102,7 +109,10 @@ class Head(nn.Module):
         pass
 
     def summarize(self, values: dict[str, torch.Tensor], out_dir: Path | None = None) -> tuple[dict[str, float], list[str]]:
-        """Computed metric values -> (scalars to print, extra report lines); may write plots to ``out_dir``."""
+        """Computed metric values -> (scalars, extra report lines); may write plots to ``out_dir``.
+
+        Scalars named ``figure/<class>`` (``iou/cat``) are per-class detail: ``edh eval --json`` carries
+        them, one-line summaries leave them out (`headline`)."""
         return {k: float(v) for k, v in values.items() if v.numel() == 1}, []
 
     # ---- prediction -------------------------------------------------------------------------------
@@ -158,3 +168,8 @@ class Head(nn.Module):
         reordered). Return a report line when this head took care of its weights, or None to let
         head surgery copy every tensor whose name and shape match. Default: None."""
         return None
+
+
+def headline(values: dict[str, float]) -> dict[str, float]:
+    """A head's summary scalars without the per-class detail (keys ``figure/<class>``): what one line shows."""
+    return {key: value for key, value in values.items() if "/" not in key}

@@ -32,7 +32,10 @@ def _role_table_html(description) -> str:
 
 
 def _metrics_text(metrics: dict[str, dict[str, float]]) -> list[str]:
-    return [f"{head}: " + ", ".join(f"{k} = {v:.4f}" for k, v in values.items()) for head, values in metrics.items()]
+    from edh.heads.base import headline
+
+    return [f"{head}: " + ", ".join(f"{k} = {v:.4f}" for k, v in headline(values).items())
+            for head, values in metrics.items()]
 
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}

@@ -37,19 +37,24 @@ class RunEvaluation(Evaluation):
 
 
 def evaluate_run(run: Run, split: str = "test", out_dir: str | Path | None = None, batch_size: int | None = None,
-                 progress: bool = True, allow_changed_data: bool = False) -> Evaluation:
+                 progress: bool = True, allow_changed_data: bool = False, tile: int | None = None,
+                 overlap: float | None = None) -> Evaluation:
     """Run the model over ``split`` and compute every task's test metrics (plots go to ``out_dir``).
 
     A model that generates (a step decoder with a generating head) is scored on generated text
     (`edh.workflows.translate.evaluate_translation`); any other on its tasks' metrics (`Model.tasks`).
     ``allow_changed_data``: evaluate even when the data on disk is not what the run trained on
     (a warning lists the changes). A plot that cannot be written is logged and listed in
-    ``problems``, never raised.
+    ``problems``, never raised. ``tile``: each image is evaluated at its own size, one image per
+    forward, on overlapping ``tile x tile`` windows (`edh.ops.tiling`; ``overlap`` default 0.25);
+    every head must declare a tiling, checked before any data is read.
     """
     from edh.ops.generation import generates
     from edh.workflows.data_check import check_run_info, evaluation_split, rebuild_data
+    from edh.workflows.predict import tiled_call
 
     check_run_info(run, allow_changed_data)
+    tiled = tiled_call(run, run.model.eval(), run.model.tasks(), tile, overlap)
     if generates(run.model):  # BLEU / chrF / exact match need generated text, not logits
         from edh.workflows.translate import evaluate_translation
 
@@ -65,15 +70,19 @@ def evaluate_run(run: Run, split: str = "test", out_dir: str | Path | None = Non
     spec = run.spec
     bundle = rebuild_data(run)  # a text run's own tokenizer
     dataset = evaluation_split(run, bundle, split, allow_changed_data)
-    loader = DataLoader(dataset, batch_size=batch_size or spec.data.batch_size, collate_fn=bundle.collate_fn)
+    if tiled is not None:
+        dataset = native_size(run, bundle, dataset, split)
+    loader = DataLoader(dataset, batch_size=1 if tiled is not None else batch_size or spec.data.batch_size,
+                        collate_fn=bundle.collate_fn)
     model = run.model.eval()
     tasks = model.tasks()
     metrics = {name: head.make_metrics("test") for name, head in tasks.items()}
     count = 0
     with torch.inference_mode():
-        for batch in _progress(loader, f"evaluating {split}", progress):
+        for batch in _progress(loader, f"evaluating {split}" + (f" on {tile}x{tile} tiles" if tile else ""),
+                               progress):
             inputs, targets, context = unpack_batch(batch)
-            outputs = model(inputs, **context)
+            outputs = tiled(inputs) if tiled is not None else model(inputs, **context)
             count += len(inputs) if hasattr(inputs, "__len__") else 1
             for name, head in tasks.items():
                 if metrics[name] is not None:
@@ -91,6 +100,22 @@ def evaluate_run(run: Run, split: str = "test", out_dir: str | Path | None = Non
         for problem in write_plots(run, result, out_dir):
             log.warning("%s", problem)
     return result
+
+
+def native_size(run: Run, bundle: Any, dataset: Any, split: str) -> Any:
+    """``dataset``'s samples read at their own size: the run's files of the split read again without
+    the resize to ``image_size`` (`DataBundle.replay` with no image size), where the data is files;
+    otherwise the dataset as it is (in-memory data: its images have no other size), with a note."""
+    import dataclasses
+
+    if not run.info.image_size:
+        return dataset
+    ids = getattr(dataset, "sample_ids", None)
+    if bundle.replay is None or not callable(ids):
+        log.info("%s: the %s split of %s has no image files to read at their own size; it is evaluated at "
+                 "data.image_size %s", run.path, split, run.spec.data.name, "x".join(map(str, run.info.image_size)))
+        return dataset
+    return bundle.replay(list(ids()), dataclasses.replace(run.info, image_size=None))
 
 
 def write_plots(run: Run, result: Evaluation, out_dir: str | Path) -> list[str]:

@@ -28,6 +28,10 @@ class InputReader:
         exportable: ``edh export`` writes models of this input as one ONNX graph (``images -> outputs``;
             generating models export as encoder + decoder-step graphs whatever their input).
         texts: the items are sentences (``edh predict --text``), not file paths.
+        read_native: ``(run, items) -> batch`` read at the items' own size (no resize), for tiled
+            inference (``--tile``); None where the input kind has no size of its own.
+        sizes: ``(items) -> [(H, W) or None]``: each item's own size, read cheaply (an image's header),
+            so predict can say which inputs it resizes and restore dense outputs to their size.
     """
 
     read: Callable[[Any, list[Any]], torch.Tensor]
@@ -36,26 +40,48 @@ class InputReader:
     speed_options: bool = False
     exportable: bool = False
     texts: bool = False
+    read_native: Callable[[Any, list[Any]], torch.Tensor] | None = None
+    sizes: Callable[[list[Any]], list[tuple[int, int] | None]] | None = None
 
 
-def read_images(run: Any, paths: list[str | Path]) -> torch.Tensor:
+def read_images(run: Any, paths: list[str | Path], resize: bool = True) -> torch.Tensor:
     """Read, resize and normalise image files as the run's data was: ``(N, C, H, W)``.
 
     The preprocessing is the run's ``data.json``, which the workflows check once against its
     fingerprint before reading (`edh.workflows.data_check.check_run_info`). Images are read upright
-    (EXIF orientation applied) by the same `read_image` as training.
+    (EXIF orientation applied) by the same `read_image` as training. ``resize=False`` keeps each
+    image's own size (normalised as in training), for tiled inference.
     """
     from edh.data.files import read_image
     from edh.data.transforms import eval_transform
 
     info = run.info
-    transform = eval_transform(info.image_size, info.mean, info.std)
+    transform = eval_transform(info.image_size if resize else None, info.mean, info.std)
     images = [transform(read_image(p, info.in_channels)) for p in paths]
     sizes = {tuple(i.shape[-2:]) for i in images}
     if len(sizes) > 1:
         raise ValueError(f"images have different sizes {sorted(sizes)} and the run has no fixed image_size; "
                          "predict them one at a time")
     return torch.stack(images)
+
+
+def read_native_images(run: Any, paths: list[str | Path]) -> torch.Tensor:
+    """`read_images` at the images' own size (all of ``paths`` must share it)."""
+    return read_images(run, paths, resize=False)
+
+
+def image_sizes(paths: list[str | Path]) -> list[tuple[int, int] | None]:
+    """``(H, W)`` of each image file as it is read (EXIF orientation applied), from its header; None for
+    a file that cannot be opened (reading it then raises its own error)."""
+    from edh.utils.images import upright_size
+
+    sizes: list[tuple[int, int] | None] = []
+    for path in paths:
+        try:
+            sizes.append(tuple(upright_size(path)))
+        except Exception:  # noqa: BLE001 - read_image names the file and the problem
+            sizes.append(None)
+    return sizes
 
 
 @functools.lru_cache(maxsize=8)
@@ -105,7 +131,7 @@ def read_audio(run: Any, paths: list[str | Path]) -> torch.Tensor:
 
 INPUT_READERS: dict[str, InputReader] = {
     "image": InputReader(read_images, pictures=True, one_at_a_time=lambda run: run.info.image_size is None,
-                         speed_options=True, exportable=True),
+                         speed_options=True, exportable=True, read_native=read_native_images, sizes=image_sizes),
     "tokens": InputReader(read_texts, pictures=False, one_at_a_time=lambda run: False, texts=True),
     "audio": InputReader(read_audio, pictures=False, one_at_a_time=lambda run: False),
 }
