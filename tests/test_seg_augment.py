@@ -164,7 +164,9 @@ def test_bad_augment_names_the_key_and_the_fix(augment, message):
 
 
 def test_bad_crop_size_and_color_on_four_channels_are_refused():
-    with pytest.raises(SpecError, match=r"data\.crop_size must be a side N or \[h, w\].*got \[0, 3\]"):
+    with pytest.raises(SpecError, match=r"data\.crop_size must be a side N or \[h, w\].*got \[2, 3, 4\]"):
+        build_data("scenes", {"num_train": 2, "num_val": 0, "num_test": 0, "crop_size": [2, 3, 4]}, seed=0)
+    with pytest.raises(SpecError, match=r"data\.crop_size\[0\]: 0 is out of range"):
         build_data("scenes", {"num_train": 2, "num_val": 0, "num_test": 0, "crop_size": [0, 3]}, seed=0)
     with pytest.raises(SpecError, match=r"data\.augment\.color jitters 1- or 3-channel images.*4 channels"):
         augment_pipeline({"color": 0.2}, in_channels=4)
