@@ -65,8 +65,8 @@ ARCHS: dict[str, Arch] = {
     "deeplabv3plus": Arch("DeepLabV3Plus", 1, encoder={"name": "resnet34", "output_stride": 16}),
     "upernet": Arch("UPerNet", 1),
     "segformer": Arch("Segformer", 1),
-    "dpt": Arch("DPT", 3, encoder={"name": f"timm:{VIT}", "options": {"img_size": SIZE}}, smp_encoder=f"tu-{VIT}",
-                smp_options={"dynamic_img_size": True}),
+    "dpt": Arch("DPT", 3, encoder={"name": f"timm:{VIT}", "out_indices": [2, 5, 8, 11], "options": {"img_size": SIZE}},
+                smp_encoder=f"tu-{VIT}", smp_options={"dynamic_img_size": True, "decoder_readout": "ignore"}),
 }
 
 

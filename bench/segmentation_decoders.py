@@ -30,7 +30,7 @@ from edh.workflows.demo import load_config
 from edh.workflows.evaluate import evaluate_run
 
 CONFIG = "unet-scenes.yaml"
-VIT = {"name": "timm:vit_tiny_patch16_224", "options": {"img_size": 64, "patch_size": 8}}
+VIT = {"name": "timm:vit_tiny_patch16_224", "out_indices": [2, 5, 8, 11], "options": {"img_size": 64, "patch_size": 8}}
 DECODERS = {  # name: (encoder overrides, decoder spec); None: the config's own
     "unet": (None, None),
     "unetplusplus": (None, {"name": "unetplusplus"}),
@@ -38,7 +38,7 @@ DECODERS = {  # name: (encoder overrides, decoder spec); None: the config's own
     "linknet": (None, {"name": "linknet"}),
     "manet": (None, {"name": "manet"}),
     "pan": ({"output_stride": 16}, {"name": "pan"}),
-    "pspnet": (None, {"name": "pspnet"}),
+    "pspnet": ({"depth": 3}, {"name": "pspnet"}),  # smp's encoder_depth 3: the stride-8 level
     "deeplabv3": ({"output_stride": 8}, {"name": "deeplabv3"}),
     "deeplabv3plus": ({"output_stride": 16}, {"name": "deeplabv3plus"}),
     "upernet": (None, {"name": "upernet"}),
@@ -64,9 +64,11 @@ def probe_step_seconds(spec, steps: int = 12, warmup: int = 3) -> float:
     from edh.core.model import Model
     from edh.data.base import build_data
     from edh.train.batch import unpack_batch
+    from edh.train.runner import resolve_spec
     from edh.train.task import combine_losses
 
     bundle = build_data(spec.data.name, spec.data.options(), spec.data.seed)
+    spec = resolve_spec(spec, bundle.info)
     model = Model(spec.model).bind_data(bundle.info)
     if spec.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
