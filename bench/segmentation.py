@@ -56,7 +56,6 @@ class Arch:
 ARCHS: dict[str, Arch] = {
     "unet": Arch("Unet", 3),
     "unetplusplus": Arch("UnetPlusPlus", 3),
-    "fpn": Arch("FPN", 1, decoder={"name": "fpn"}),
     "linknet": Arch("Linknet", 1),
     "manet": Arch("MAnet", 3),
     "pan": Arch("PAN", 3, encoder={"name": "resnet34", "output_stride": 16}),

@@ -53,8 +53,8 @@ def test_unknown_component_lists_close_matches():
 def test_unknown_option_names_the_key_path():
     with pytest.raises(SpecError, match=r"heads\.label\.num_clases: head 'classification' has no option"):
         edh.build(encoder="conv", heads={"label": {"type": "classification", "num_clases": 2}})
-    with pytest.raises(SpecError, match=r"encoder\.depth: encoder 'resnet18' has no option 'depth'"):
-        edh.build(encoder={"name": "resnet18", "depth": 3}, heads={"label": {"type": "classification", "num_classes": 2}})
+    with pytest.raises(SpecError, match=r"encoder\.dept: encoder 'resnet18' has no option 'dept'"):
+        edh.build(encoder={"name": "resnet18", "dept": 3}, heads={"label": {"type": "classification", "num_classes": 2}})
 
 
 def test_bad_option_type_names_the_key_path():

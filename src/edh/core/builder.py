@@ -241,8 +241,20 @@ def accepted_options(builder: Any) -> dict[str, str]:
             continue
         annotation = param.annotation if param.annotation is not inspect.Parameter.empty else ""
         default = "" if param.default is inspect.Parameter.empty else f" = {param.default!r}"
-        out[name] = f"{annotation}{default}".strip()
+        out[name] = f"{_plain(annotation)}{default}".strip()
     return out
+
+
+def _plain(annotation: Any) -> str:
+    """A type annotation as a user reads it: ``Annotated[int, Field(ge=1)]`` shows as ``int``."""
+    import re
+
+    text = annotation if isinstance(annotation, str) else str(annotation)
+    while "Annotated[" in text:
+        text = re.sub(r"Annotated\[([^\[\],]+(?:\[[^\[\]]*\])?), Field\([^()]*\)\]", r"\1", text, count=1)
+        if "Annotated[" in text and not re.search(r"Annotated\[[^\[\],]+(?:\[[^\[\]]*\])?, Field\(", text):
+            break
+    return text
 
 
 _CONSTRAINT_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",
