@@ -55,13 +55,16 @@ class UnetBlock(nn.Module):
         self.conv1 = ConvNormAct(in_channels + skip_channels, out_channels, 3, norm=norm)
         self.conv2 = ConvNormAct(out_channels, out_channels, 3, norm=norm)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``skip``: one map, or several of one size concatenated in order (UNet++'s dense skips: one
+        ``torch.cat`` in all, not one to join them and another to join them to ``x``)."""
         if self.up is not None:
             x = self.up(x)  # (B, out, f*h, f*w)
         elif self.factor > 1:
             x = F.interpolate(x, scale_factor=self.factor, mode="nearest")  # (B, in, f*h, f*w)
         if skip is not None:
-            x = torch.cat([crop_to(x, skip.shape[-2:]), skip], dim=1)  # (B, in + skip, H', W')
+            skips = [skip] if isinstance(skip, torch.Tensor) else list(skip)
+            x = torch.cat([crop_to(x, skips[0].shape[-2:]), *skips], dim=1)  # (B, in + skip, H', W')
         return self.conv2(self.conv1(x))
 
 

@@ -97,7 +97,7 @@ class UnetPlusPlusDecoder(Decoder):
         """``input_size`` (the model passes it) lets blocks without a skip crop to ``ceil(H / t)``."""
         grid: dict[tuple[int, int], torch.Tensor] = {(i, 0): f for i, f in enumerate(features)}  # X[i][0]
         for i, j in self.order:  # column by column: X[i][j] reads column j - 1
-            earlier = torch.cat([grid[(i, c)] for c in range(j - 1, -1, -1)], dim=1)  # (B, j * C_i, H_i, W_i)
+            earlier = [grid[(i, c)] for c in range(j - 1, -1, -1)]  # j maps (B, C_i, H_i, W_i), joined once
             grid[(i, j)] = self.blocks[f"x{i}_{j}"](grid[(i + 1, j - 1)], earlier)  # (B, D, H_i, W_i)
         main = [grid[(self.top - j, j)] for j in range(1, self.skips + 1)]  # the main path, deepest first
         x = main[-1]
