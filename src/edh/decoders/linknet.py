@@ -19,6 +19,7 @@ from edh.core.errors import SpecError
 from edh.core.features import FeatureSpec
 from edh.core.registry import register_decoder
 from edh.decoders.base import Decoder
+from edh.decoders.unet import run_blocks
 from edh.layers.conv import ConvNormAct
 from edh.ops.crop import crop_to
 
@@ -116,11 +117,4 @@ class LinknetDecoder(Decoder):
     def forward(self, features: list[torch.Tensor], input_size: tuple[int, int] | None = None,
                 **context) -> list[torch.Tensor]:
         """``input_size`` (the model passes it) lets blocks without a skip crop to ``ceil(H / t)``."""
-        x = features[-1]  # (B, C_deepest, H / s_max, W / s_max)
-        outputs = []
-        for block, level, stride in zip(self.blocks, self.skip_levels, reversed(self.out_spec.strides)):
-            x = block(x, features[level] if level is not None else None)
-            if level is None and input_size is not None:
-                x = crop_to(x, (-(-input_size[0] // stride), -(-input_size[1] // stride)))
-            outputs.append(x)
-        return outputs[::-1]  # highest resolution first
+        return run_blocks(self.blocks, self.skip_levels, self.out_spec.strides, features[-1], features, input_size)

@@ -16,11 +16,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from edh.core.errors import SpecError
 from edh.core.features import FeatureSpec
 from edh.core.registry import register_decoder
 from edh.decoders.base import Decoder
-from edh.decoders.unet import UnetBlock
+from edh.decoders.unet import UnetBlock, plan_channels, run_blocks, skip_plan
 from edh.layers.attention2d import ChannelGate, PositionAttention
 from edh.layers.conv import ConvNormAct
 from edh.ops.crop import crop_to
@@ -87,24 +86,8 @@ class MAnetDecoder(Decoder):
                  reduction: Annotated[int, Field(ge=1, le=1024)] = 16, norm: bool = True) -> None:
         super().__init__(in_spec)
         strides, widths = in_spec.strides, in_spec.channels
-        if any(s & (s - 1) for s in strides):
-            raise SpecError(f"decoder manet needs power-of-two encoder strides, got {strides} ({in_spec.describe()}); "
-                            "use a resnet, unet_encoder or timm encoder")
-        # (skip level or None, factor) per block, deepest first
-        plan: list[tuple[int | None, int]] = [(i, strides[i + 1] // strides[i])
-                                              for i in range(len(strides) - 2, -1, -1)]
-        stride = strides[0]
-        while stride > 1:
-            plan.append((None, 2))
-            stride //= 2
-        defaults = [256, 128, 64, 32, 16, 16, 16][:len(plan)]
-        channels = list(decoder_channels) if decoder_channels is not None else defaults
-        if not 1 <= len(channels) <= len(plan):
-            raise SpecError(
-                f"decoder.decoder_channels has {len(channels)} entries, but on this encoder ({in_spec.describe()}) "
-                f"the manet decoder has {len(plan)} blocks (one per skip level, then one per factor 2 down to "
-                f"stride 1); give 1 to {len(plan)} channel counts, deepest first"
-            )
+        plan = skip_plan(in_spec, "manet")
+        channels = plan_channels(plan, decoder_channels, in_spec, "manet")
         self.plan = plan[:len(channels)]
         self.center = PositionAttention(widths[-1], pab_channels)
         blocks: list[nn.Module] = []
@@ -123,14 +106,6 @@ class MAnetDecoder(Decoder):
     def forward(self, features: list[torch.Tensor], input_size: tuple[int, int] | None = None,
                 **context) -> list[torch.Tensor]:
         """``input_size`` (the model passes it) lets blocks without a skip crop to ``ceil(H / t)``."""
-        x = self.center(features[-1])  # (B, C_deepest, H / s_max, W / s_max)
-        outputs = []
-        for block, (level, _), stride in zip(self.blocks, self.plan, reversed(self.out_spec.strides)):
-            if level is not None:
-                x = block(x, features[level])  # (B, D, H / t, W / t)
-            else:
-                x = block(x)  # (B, D, 2h, 2w)
-                if input_size is not None:
-                    x = crop_to(x, (-(-input_size[0] // stride), -(-input_size[1] // stride)))
-            outputs.append(x)
-        return outputs[::-1]  # highest resolution first
+        skip_levels = [level for level, _ in self.plan]
+        return run_blocks(self.blocks, skip_levels, self.out_spec.strides, self.center(features[-1]), features,
+                          input_size)

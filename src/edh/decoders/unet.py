@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edh.core.errors import SpecError
 from edh.decoders.base import Decoder
 from edh.core.features import FeatureSpec
 from edh.layers.conv import ConvNormAct
@@ -68,6 +69,50 @@ class UnetBlock(nn.Module):
         return self.conv2(self.conv1(x))
 
 
+def skip_plan(in_spec: FeatureSpec, decoder: str) -> list[tuple[int | None, int]]:
+    """``(skip level or None, up-sampling factor)`` per block, deepest first: one block per encoder level
+    below the deepest (that level is its skip), then blocks without a skip, by 2, down to stride 1.
+    The strides must be powers of two (a `SpecError` naming ``decoder`` otherwise)."""
+    strides = in_spec.strides
+    if any(s & (s - 1) for s in strides):
+        raise SpecError(f"decoder {decoder} needs power-of-two encoder strides, got {strides} ({in_spec.describe()}); "
+                        "use a resnet, unet_encoder or timm encoder")
+    plan: list[tuple[int | None, int]] = [(i, strides[i + 1] // strides[i]) for i in range(len(strides) - 2, -1, -1)]
+    stride = strides[0]
+    while stride > 1:
+        plan.append((None, 2))
+        stride //= 2
+    return plan
+
+
+def plan_channels(plan: list, decoder_channels: list[int] | None, in_spec: FeatureSpec, decoder: str) -> list[int]:
+    """The blocks' widths, deepest first: ``decoder_channels`` (1 to ``len(plan)`` of them: fewer stop
+    early) or smp's 256, 128, 64, 32, 16 (then 16), as many as there are blocks."""
+    channels = list(decoder_channels) if decoder_channels is not None else [256, 128, 64, 32, 16, 16, 16][:len(plan)]
+    if not 1 <= len(channels) <= len(plan):
+        raise SpecError(
+            f"decoder.decoder_channels has {len(channels)} entries, but on this encoder ({in_spec.describe()}) "
+            f"the {decoder} decoder has {len(plan)} blocks (one per skip level, then one per factor 2 down to "
+            f"stride 1); give 1 to {len(plan)} channel counts, deepest first"
+        )
+    return channels
+
+
+def run_blocks(blocks: nn.ModuleList, skip_levels: list[int | None], strides: tuple[int, ...], x: torch.Tensor,
+               features: list[torch.Tensor], input_size: tuple[int, int] | None) -> list[torch.Tensor]:
+    """The up-sampling path shared by skip decoders (``unet``, ``manet``, ``linknet``): each block takes
+    the map below and its skip level (None: no skip); a block without a skip is cropped to
+    ``ceil(H / t)`` of ``input_size``. ``strides``: the out_spec's, highest resolution first.
+    Returns every block's map, highest resolution first."""
+    outputs = []
+    for block, level, stride in zip(blocks, skip_levels, reversed(strides)):
+        x = block(x, features[level] if level is not None else None)  # (B, D, H / t, W / t)
+        if level is None and input_size is not None:
+            x = crop_to(x, (-(-input_size[0] // stride), -(-input_size[1] // stride)))
+        outputs.append(x)
+    return outputs[::-1]  # highest resolution first
+
+
 @register_decoder("unet")
 class UnetDecoder(Decoder):
     """U-Net decoder over any pyramid encoder.
@@ -94,22 +139,8 @@ class UnetDecoder(Decoder):
         if upsample not in ("nearest", "transpose"):
             raise ValueError(f"decoder.upsample must be 'nearest' or 'transpose', got {upsample!r}")
         strides = in_spec.strides
-        if any(s & (s - 1) for s in strides):
-            raise ValueError(f"the unet decoder needs power-of-two encoder strides, got {strides}")
-        # (skip level or None, factor) per block, deepest first
-        plan: list[tuple[int | None, int]] = [(i, strides[i + 1] // strides[i]) for i in range(len(strides) - 2, -1, -1)]
-        stride = strides[0]
-        while stride > 1:
-            plan.append((None, 2))
-            stride //= 2
-        defaults = [256, 128, 64, 32, 16, 16, 16][:len(plan)]
-        channels = list(decoder_channels) if decoder_channels is not None else defaults
-        if not 1 <= len(channels) <= len(plan):
-            raise ValueError(
-                f"decoder.decoder_channels has {len(channels)} entries, but on this encoder "
-                f"({in_spec.describe()}) the unet decoder has {len(plan)} blocks (one per skip level, then one per "
-                f"factor 2 down to stride 1); give 1 to {len(plan)} channel counts, deepest first"
-            )
+        plan = skip_plan(in_spec, "unet")
+        channels = plan_channels(plan, decoder_channels, in_spec, "unet")
         self.plan = plan[:len(channels)]
         blocks, previous, out_strides, stride = [], in_spec.channels[-1], [], strides[-1]
         for (level, factor), width in zip(self.plan, channels):
@@ -125,11 +156,4 @@ class UnetDecoder(Decoder):
     def forward(self, features: list[torch.Tensor], input_size: tuple[int, int] | None = None,
                 **context) -> list[torch.Tensor]:
         """``input_size`` (the model passes it) lets blocks without a skip crop to ``ceil(H / t)``."""
-        x = features[-1]  # (B, C_deepest, H / s_max, W / s_max)
-        outputs = []
-        for block, level, stride in zip(self.blocks, self.skip_levels, reversed(self.out_spec.strides)):
-            x = block(x, features[level] if level is not None else None)
-            if level is None and input_size is not None:
-                x = crop_to(x, (-(-input_size[0] // stride), -(-input_size[1] // stride)))
-            outputs.append(x)
-        return outputs[::-1]  # highest resolution first
+        return run_blocks(self.blocks, self.skip_levels, self.out_spec.strides, features[-1], features, input_size)

@@ -141,8 +141,7 @@ def export_image_run(run: Run, out: Path, heads: list[str] | None = None, opset:
 def other_size(model: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
     """A second input size to check a graph with dynamic height and width at: larger than ``size`` and
     no multiple of the encoder's deepest stride, so every rounding and crop of odd sizes is in it."""
-    strides = getattr(model.encoder.out_spec, "strides", None) or (32,)
-    stride = max(int(s) for s in strides)
+    stride = max(model.encoder.out_spec.strides or (32,))  # a sequence or vector encoder has no strides
     return size[0] + stride + 1, size[1] + stride // 2 + 1
 
 

@@ -60,6 +60,12 @@ def blend_window(height: int, width: int, margin: tuple[int, int]) -> torch.Tens
     return ramp(height, margin[0])[:, None] * ramp(width, margin[1])[None, :]
 
 
+def is_dense(head: Any) -> bool:
+    """Whether ``head``'s raw output is a per-pixel map at the input's resolution (``tiling`` ``"blend"``):
+    tiles of it are blended, and a map of a resized image can be up-sampled back to the image's size."""
+    return getattr(head, "tiling", None) == "blend"
+
+
 def untileable(tasks: dict[str, Any]) -> list[str]:
     """The names of the heads in ``tasks`` that cannot run on tiles (no known ``tiling``)."""
     return [name for name, head in tasks.items() if getattr(head, "tiling", None) not in TILINGS]

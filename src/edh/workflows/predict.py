@@ -136,14 +136,14 @@ def note_resized(paths: list[Any], originals: list[tuple[int, int] | None], size
                  tasks: dict[str, Any]) -> None:
     """Say once which images are resized to the run's ``size`` (``H x W``), from what, and what else to do:
     a warning when a head's per-pixel maps are involved (``tiling`` ``"blend"``), a note otherwise."""
-    from edh.ops.tiling import untileable
+    from edh.ops.tiling import is_dense, untileable
 
     changed = [(p, s) for p, s in zip(paths, originals) if s is not None and tuple(s) != size]
     if not changed:
         return
     shown = ", ".join(f"{Path(str(p)).name} {s[0]}x{s[1]}" for p, s in changed[:5])
     more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
-    dense = [name for name, head in tasks.items() if getattr(head, "tiling", None) == "blend"]
+    dense = [name for name, head in tasks.items() if is_dense(head)]
     text = (f"{len(changed)} image(s) resized to the run's image_size {size[0]}x{size[1]} (height x width) to "
             f"predict, as in training: {shown}{more} -> {size[0]}x{size[1]}.")
     if dense:
@@ -159,8 +159,10 @@ def at_own_size(head: Any, raw: Any, size: tuple[int, int] | None,
     """``[(indices, raw outputs, input_size)]`` to predict from: the batch as it is, or, for a head whose
     outputs are per-pixel maps (``tiling`` ``"blend"``) of images that were resized, each image's map
     ``(1, K, h, w)`` up-sampled (bilinear) back to its own size ``(h, w)`` before ``predict``."""
+    from edh.ops.tiling import is_dense
+
     resized = [i for i, s in enumerate(originals) if s is not None and size is not None and tuple(s) != size]
-    if getattr(head, "tiling", None) != "blend" or not resized or not isinstance(raw, torch.Tensor):
+    if not is_dense(head) or not resized or not isinstance(raw, torch.Tensor):
         return [(list(range(len(originals))), raw, size)]
     import torch.nn.functional as F
 
