@@ -14,7 +14,7 @@ so both find the same boxes and do the same post-processing work. Inputs: 2 imag
   when built without weights). edh contiguous, channels_last, and (a separate row, not the fp32
   comparison) with bf16 autocast, what ``trainer: {precision: bf16-mixed}`` gives ``edh train``.
 
-One-stage: images/s of eval forwards at the same input: edh ``yolo`` head on R50-FPN P3-P7 with
+One-stage: images/s of eval forwards at the same input: edh ``fcos`` head on R50-FPN P3-P7 with
 torchvision FCOS's head settings (4 GroupNorm convs per tower), torchvision ``fcos_resnet50_fpn`` and
 ``fasterrcnn_mobilenet_v3_large_fpn``.
 
@@ -54,12 +54,12 @@ def edh_fasterrcnn(reference: torch.nn.Module) -> torch.nn.Module:
     return load_fasterrcnn_weights(model, reference.state_dict())
 
 
-def edh_yolo() -> torch.nn.Module:
-    """R50-FPN P3-P7 + yolo head with torchvision FCOS's settings (GroupNorm, 4 convs, thresholds)."""
+def edh_fcos() -> torch.nn.Module:
+    """R50-FPN P3-P7 + fcos head with torchvision FCOS's settings (GroupNorm, 4 convs, thresholds)."""
     seed_everything(0)
     return edh.build({"encoder": {"name": "resnet50"},
                       "decoder": {"name": "fpn", "out_channels": 256, "levels": [2, 3, 4], "extra": "p6p7"},
-                      "heads": {HEAD: {"type": "yolo", "source": "decoder", "num_classes": 90, "num_convs": 4,
+                      "heads": {HEAD: {"type": "fcos", "source": "decoder", "num_classes": 90, "num_convs": 4,
                                        "norm": "group", "score_thresh": 0.2, "nms_thresh": 0.6}}})
 
 
@@ -228,10 +228,10 @@ def fasterrcnn_ratios(eval_rows: list[dict], train_rows: list[dict]) -> list[dic
 def one_stage_group(size: int, repeats: int, calls: int) -> list[dict[str, Any]]:
     seed_everything(0)
     images = torch.rand(BATCH, 3, size, size)
-    yolo = edh_yolo()
+    fcos = edh_fcos()
     contenders = [
-        Contender("edh yolo (FCOS-style) R50-FPN eager", edh_eval(yolo, images), BATCH, {"kind": "edh"}),
-        Contender("edh yolo (FCOS-style) R50-FPN prepared", edh_eval(prepare_for_inference(yolo), images, True), BATCH,
+        Contender("edh fcos R50-FPN eager", edh_eval(fcos, images), BATCH, {"kind": "edh"}),
+        Contender("edh fcos R50-FPN prepared", edh_eval(prepare_for_inference(fcos), images, True), BATCH,
                   {"kind": "edh"}),
         Contender("torchvision fcos_resnet50_fpn",
                   torchvision_eval(torchvision_detector("fcos_resnet50_fpn", size), images), BATCH,

@@ -1,9 +1,9 @@
 """Validation / test COCO mAP reached and time taken by the detection configs, as `edh train` runs them.
 
-    python bench/detection_accuracy.py [--only yolo-scenes fasterrcnn-scenes] [--out runs/bench]
+    python bench/detection_accuracy.py [--only fcos-scenes fasterrcnn-scenes] [--out runs/bench]
 
 Targets (issue 4) on `scenes` (64x64, 1-3 digit sprites of 16-32 px, 10 classes): the YOLO-style
-detector (``configs/detector-yolo-scenes.yaml``) reaches validation mAP@0.5 >= 0.80 within 10 minutes
+detector (``configs/detector-fcos-scenes.yaml``) reaches validation mAP@0.5 >= 0.80 within 10 minutes
 of training; Faster R-CNN (``configs/fasterrcnn-scenes.yaml``) reaches >= 0.70 within 15 minutes.
 Each run's wall time is also capped at its budget (Lightning ``max_time``), so a slow machine shows
 as a lower mAP, never as a longer run. The machine is shared, so besides wall time each row gives
@@ -22,7 +22,7 @@ from edh.workflows.demo import load_config
 from edh.workflows.evaluate import evaluate_run
 
 CASES = {  # name: (config, overrides, target mAP@0.5, budget seconds)
-    "yolo-scenes": ("detector-yolo-scenes.yaml", {}, 0.80, 600),
+    "fcos-scenes": ("detector-fcos-scenes.yaml", {}, 0.80, 600),
     "fasterrcnn-scenes": ("fasterrcnn-scenes.yaml", {}, 0.70, 900),
 }
 

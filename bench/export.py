@@ -9,7 +9,7 @@ with `edh.export.runs.export_run` (BatchNorm folded, checked with onnxruntime). 
 batch size: ``eager`` (the run's model as loaded, ``torch.inference_mode()``), ``eager prepared``
 (`edh.utils.perf.prepare_for_inference`: BatchNorm folded + channels_last) and ``onnxruntime`` (CPU
 execution provider, same thread count). Detectors are timed on raw head outputs and, for
-``yolo+nms`` / ``faster_rcnn``, on detections (post-processing included on both sides).
+``fcos+nms`` / ``faster_rcnn``, on detections (post-processing included on both sides).
 The translator is timed on greedy generation of 16 new tokens (encoder + 16 decoder steps).
 All contenders of one group run round-robin (`common.measure`); medians are reported and written to
 ``bench/results/export.json``. ``cpu_ms`` is the median CPU time of this process per call (robust to other
@@ -46,7 +46,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
                        "heads": {"mask": {"type": "segmentation", "source": "decoder"}}}, "data": SCENES},
     "autoencoder": {"model": {"encoder": {"name": "conv", "channels": [32, 64, 128]},
                               "decoder": {"name": "conv_transpose"}}, "data": {"name": "digits", "image_size": 32}},
-    "yolo": {"model": {**PYRAMID, "heads": {"boxes": {"type": "yolo", "source": "decoder", "target": "boxes",
+    "fcos": {"model": {**PYRAMID, "heads": {"boxes": {"type": "fcos", "source": "decoder", "target": "boxes",
                                                       "num_classes": 10, "num_convs": 2, "norm": "batch"}}},
              "data": SCENES},
     "faster_rcnn": {"model": {**PYRAMID, "heads": {"boxes": {"type": "faster_rcnn", "source": "decoder",
@@ -116,7 +116,7 @@ def _detections(model: torch.nn.Module, outputs: dict[str, Any]) -> dict[str, An
 
 
 def image_groups(family: str, run: Any, folder: Path, batches: list[int]) -> list[tuple[str, list[Contender]]]:
-    nms = family == "yolo+nms" or family == "faster_rcnn"
+    nms = family == "fcos+nms" or family == "faster_rcnn"
     report = export_run(run, out=folder / f"{family}.onnx", nms=nms)
     exported = onnx_run(run, folder / f"{family}.onnx").model
     eager = run.model.eval()
@@ -174,7 +174,7 @@ def translator_groups(run: Any, folder: Path, batches: list[int]) -> list[tuple[
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0], repeats=7)
-    parser.add_argument("--families", default="classifier,unet,autoencoder,yolo,yolo+nms,faster_rcnn,translator")
+    parser.add_argument("--families", default="classifier,unet,autoencoder,fcos,fcos+nms,faster_rcnn,translator")
     args = parser.parse_args()
     threads = apply_threads(args.threads)
     import onnxruntime  # noqa: F401  (fail early when missing)
@@ -194,7 +194,7 @@ def main() -> None:
         folder = Path(tmp)
         runs: dict[str, Any] = {}
         for family in args.families.split(","):
-            base = "yolo" if family == "yolo+nms" else family
+            base = "fcos" if family == "fcos+nms" else family
             seed_everything(0)
             if base not in runs:
                 runs[base] = make_run(copy.deepcopy(FAMILIES[base]), folder / base)

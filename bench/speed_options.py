@@ -1,12 +1,12 @@
 """What each speed option of an edh run spec does, per model family: inference forward and train step.
 
 Run: ``python bench/speed_options.py [--repeats N] [--quick] [--threads T] [--max-wait S]
-[--families classifier,unet,autoencoder,yolo,faster_rcnn,translator]``.
+[--families classifier,unet,autoencoder,fcos,faster_rcnn,translator]``.
 
 Each family is a run folder built from `export.FAMILIES` with untrained weights (`export.make_run`); the
 inputs and targets are the first batch of 8 of the run's training data (at the family's data image size).
 
-Image families (classifier, unet, autoencoder, yolo, faster_rcnn), all contenders in one round-robin group:
+Image families (classifier, unet, autoencoder, fcos, faster_rcnn), all contenders in one round-robin group:
 
 - inference forward (``torch.inference_mode()``, eval mode, raw head outputs): ``eager fp32`` (the model
   as loaded), ``channels_last`` (weights and inputs), ``prepared`` (`edh.utils.perf.prepare_for_inference`:

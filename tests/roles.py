@@ -148,7 +148,7 @@ TINY: dict[tuple[str, str], Case] = {
                                    "rpn_pre_nms_top_n": [200, 100], "rpn_post_nms_top_n": [100, 50],
                                    "box_batch_size_per_image": 64}, **DETECTION, export="fixed",
                                   export_note="per-image proposal lists: traced at one batch size (as `edh export`)"),
-    ("head", "yolo"): Case({"num_classes": 3, "num_convs": 1, "levels": [1, 2, 3]}, **DETECTION,
+    ("head", "fcos"): Case({"num_classes": 3, "num_convs": 1, "levels": [1, 2, 3]}, **DETECTION,
                            not_finite={"grid.upper": "the last level learns boxes up to any size (FCOS: infinity)"}),
     # untied, so the head owns weights to check; tied (the default) it owns none: its weight is the decoder's
     # token embedding, itself the encoder's (shared)
@@ -165,11 +165,15 @@ from cases_rnn import CASES as _RNN_CASES  # noqa: E402
 from cases_speech import CASES as _SPEECH_CASES  # noqa: E402
 from cases_seg_a import CASES as _SEG_A_CASES  # noqa: E402
 from cases_seg_b import CASES as _SEG_B_CASES  # noqa: E402
+from cases_yolo import CASES as _YOLO_CASES  # noqa: E402
+from cases_mask import CASES as _MASK_CASES  # noqa: E402
 
 TINY.update(_RNN_CASES)
 TINY.update(_SPEECH_CASES)
 TINY.update(_SEG_A_CASES)
 TINY.update(_SEG_B_CASES)
+TINY.update(_YOLO_CASES)
+TINY.update(_MASK_CASES)
 
 
 def registered(role: str) -> list[str]:

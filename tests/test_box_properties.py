@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torchvision.ops import box_iou
 
 from edh.heads.detection.drawing import scale_boxes
-from edh.heads.detection.yolo import YoloHead
+from edh.heads.detection.fcos import FCOSHead
 from edh.ops.boxes import check_targets, filter_detections, to_xywh
 
 SIZE = 64
@@ -71,8 +71,8 @@ def test_scale_boxes_round_trips_and_to_xywh_keeps_sizes(found, size_a, size_b):
 
 @settings(max_examples=60, deadline=None)
 @given(boxes(max_count=6), st.sampled_from([4.0, 8.0, 16.0]))
-def test_yolo_decode_inverts_the_distance_encoding(targets, stride):
+def test_fcos_decode_inverts_the_distance_encoding(targets, stride):
     centres = (targets[:, :2] + targets[:, 2:]) / 2  # a point inside each box
     distances = torch.cat([centres - targets[:, :2], targets[:, 2:] - centres], dim=1) / stride
-    decoded = YoloHead.decode(distances, centres, torch.full((len(targets),), stride))
+    decoded = FCOSHead.decode(distances, centres, torch.full((len(targets),), stride))
     torch.testing.assert_close(decoded, targets, atol=1e-3, rtol=1e-5)

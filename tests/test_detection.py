@@ -1,4 +1,4 @@
-"""Detection roles: box ops, the fpn decoder, and the rpn / faster_rcnn / yolo heads (tiny models)."""
+"""Detection roles: box ops, the fpn decoder, and the rpn / faster_rcnn / fcos heads (tiny models)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from edh.ops.matching import center_sampling_match
 
 SIZE = 64
 HEADS = {
-    "yolo": {"type": "yolo", "num_classes": 3, "num_convs": 1, "levels": [1, 2, 3]},
+    "fcos": {"type": "fcos", "num_classes": 3, "num_convs": 1, "levels": [1, 2, 3]},
     "faster_rcnn": {"type": "faster_rcnn", "num_classes": 3, "representation_size": 32,
                     "anchor_sizes": [[16], [32], [64], [128], [256]], "rpn_pre_nms_top_n": [200, 100],
                     "rpn_post_nms_top_n": [100, 50], "box_batch_size_per_image": 64},
     "rpn": {"type": "rpn", "anchor_sizes": [[16], [32], [64], [128], [256]], "score_thresh": 0.0},
 }
-LOSS_TERMS = {"yolo": {"classification", "box", "centerness"}, "rpn": {"objectness", "box"},
+LOSS_TERMS = {"fcos": {"classification", "box", "centerness"}, "rpn": {"objectness", "box"},
               "faster_rcnn": {"rpn_objectness", "rpn_box", "roi_classification", "roi_box"}}
 
 
@@ -171,7 +171,7 @@ def test_training_without_targets_is_a_clear_error():
 
 
 def test_bad_box_in_a_batch_is_named():
-    model = tiny_detector("yolo").train()
+    model = tiny_detector("fcos").train()
     images, targets = batch()
     targets["boxes"][1] = torch.tensor([[10.0, 10.0, 5.0, 20.0]])
     outputs = model(images, targets=targets)
@@ -182,7 +182,7 @@ def test_bad_box_in_a_batch_is_named():
 def test_missing_targets_name_the_head():
     from edh.train.task import combine_losses
 
-    model = tiny_detector("yolo").train()
+    model = tiny_detector("fcos").train()
     images, targets = batch()
     outputs = model(images, targets=targets)
     with pytest.raises(KeyError, match="head 'det' learns from target 'labels'"):
@@ -213,16 +213,16 @@ def test_describe_shows_rpn_and_roi_branches():
     assert branch_rows["det.roi.box_predictor.cls_score"].params == (32 + 1) * 4
 
 
-def test_yolo_sits_on_an_encoder_without_fpn():
+def test_fcos_sits_on_an_encoder_without_fpn():
     torch.manual_seed(0)
     model = build({"encoder": {"name": "test_resnet"},
-                   "heads": {"det": {"type": "yolo", "num_classes": 3, "levels": [2, 3], "width": 16, "num_convs": 1}}})
+                   "heads": {"det": {"type": "fcos", "num_classes": 3, "levels": [2, 3], "width": 16, "num_convs": 1}}})
     images, targets = batch()
     losses = model.heads["det"].loss(model.train()(images, targets=targets)["det"], split_targets(targets))
     assert torch.isfinite(sum(losses.values()))
 
 
-@pytest.mark.parametrize("config", ["detector-yolo-scenes.yaml", "fasterrcnn-scenes.yaml", "fasterrcnn-r50-fpn.yaml"])
+@pytest.mark.parametrize("config", ["detector-fcos-scenes.yaml", "fasterrcnn-scenes.yaml", "fasterrcnn-r50-fpn.yaml"])
 def test_shipped_configs_build_and_run(config):
     from edh.workflows.demo import config_path
     from edh.core.model import Model
@@ -236,12 +236,12 @@ def test_shipped_configs_build_and_run(config):
     assert len(found) == 1 and found[0]["boxes"].shape[-1] == 4
 
 
-def test_yolo_batched_postprocess_is_per_image_filtering():
-    """`YoloHead.predict` (one batched, traceable `postprocess` for eager and ONNX) gives what filtering
+def test_fcos_batched_postprocess_is_per_image_filtering():
+    """`FCOSHead.predict` (one batched, traceable `postprocess` for eager and ONNX) gives what filtering
     each image on its own gives: its best candidates above the threshold, class-wise NMS, best first."""
     from edh.ops.boxes import filter_detections
 
-    model = tiny_detector("yolo", score_thresh=0.1, topk_candidates=40, max_detections=6).eval()
+    model = tiny_detector("fcos", score_thresh=0.1, topk_candidates=40, max_detections=6).eval()
     det = model.heads["det"]
     with torch.no_grad():
         for conv in (det.cls_logits, det.bbox_reg, det.bbox_ctrness):  # spread the scores
@@ -270,7 +270,7 @@ def test_yolo_batched_postprocess_is_per_image_filtering():
 def test_pictures_and_coco_records(tmp_path):
     from PIL import Image
 
-    model = tiny_detector("yolo", score_thresh=0.0, max_detections=5).eval()
+    model = tiny_detector("fcos", score_thresh=0.0, max_detections=5).eval()
     images, _ = batch()
     Image.new("RGB", (SIZE * 2, SIZE * 2)).save(tmp_path / "7.png")  # a file twice the input size
     paths = [tmp_path / "7.png", tmp_path / "not_a_file.png"]  # the second is drawn from the input tensor

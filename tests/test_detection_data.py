@@ -104,7 +104,7 @@ def test_detector_run_train_eval_predict_cocoeval(tmp_path, capsys):
     spec = {
         "model": {"encoder": {"name": "test_resnet"},
                   "decoder": {"name": "fpn", "out_channels": 16, "levels": [2, 3, 4], "extra": "none"},
-                  "heads": {"objects": {"type": "yolo", "source": "decoder", "target": "boxes", "num_convs": 1,
+                  "heads": {"objects": {"type": "fcos", "source": "decoder", "target": "boxes", "num_convs": 1,
                                         "score_thresh": 0.01}}},
         "data": {"name": "coco", "images": str(folder), "annotations": str(path), "batch_size": 4,
                  "val_fraction": 0.25, "test_fraction": 0.25},

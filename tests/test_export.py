@@ -37,7 +37,7 @@ SPECS = {
     "vae": {"model": {"encoder": {"name": "conv", "channels": [8, 16]},
                       "decoder": {"name": "conv_transpose", "latent_dim": 4, "variational": True, "image_size": 16}},
             "data": DIGITS},
-    "yolo": {"model": {**PYRAMID, "heads": {"boxes": {"type": "yolo", "source": "decoder", "target": "boxes",
+    "fcos": {"model": {**PYRAMID, "heads": {"boxes": {"type": "fcos", "source": "decoder", "target": "boxes",
                                                       "num_convs": 1, "norm": "batch", "score_thresh": 0.3,
                                                       "num_classes": 10}}},
              "data": SCENES},
@@ -47,8 +47,8 @@ SPECS = {
                     "data": SCENES},
     # nms_thresh: boxes clipped to the border can overlap at exactly IoU 0.6, where onnxruntime's
     # NonMaxSuppression (float threshold) and torchvision's nms (double) decide differently
-    "yolo+rpn": {"model": {**PYRAMID, "heads": {
-        "boxes": {"type": "yolo", "source": "decoder", "target": "boxes", "num_convs": 1, "norm": "batch",
+    "fcos+rpn": {"model": {**PYRAMID, "heads": {
+        "boxes": {"type": "fcos", "source": "decoder", "target": "boxes", "num_convs": 1, "norm": "batch",
                   "score_thresh": 0.3, "num_classes": 10, "nms_thresh": 0.583},
         "proposals": {"type": "rpn", "source": "decoder", "target": "boxes", "anchor_sizes": [[16], [32], [64]]}}},
         "data": SCENES},
@@ -83,7 +83,7 @@ def make_run(spec: dict, path: Path, seed: int = 0):
                 module.running_var.uniform_(0.5, 2.0)
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.2, 0.2)
-            if type(module).__name__ == "YoloHead":  # spread the scores: an untrained head ties them all
+            if type(module).__name__ == "FCOSHead":  # spread the scores: an untrained head ties them all
                 for conv in (module.cls_logits, module.bbox_reg, module.bbox_ctrness):
                     torch.nn.init.normal_(conv.weight, std=0.3)
                     torch.nn.init.normal_(conv.bias, std=1.0)
@@ -230,8 +230,8 @@ def test_predict_over_onnxruntime_at_the_images_own_size(tmp_path, cli, capsys):
     assert f"wrote {tmp_path / 'ort' / 'other.overlay.png'}" in exported
 
 
-def test_yolo_export_raw_outputs_and_with_nms(runs, tmp_path):
-    run = runs("yolo")
+def test_fcos_export_raw_outputs_and_with_nms(runs, tmp_path):
+    run = runs("fcos")
     raw = export_run(run, out=tmp_path / "raw.onnx")
     names = [c.name for c in raw.checks["raw.onnx"]]
     assert names[:3] == ["boxes.cls_logits", "boxes.box_regression", "boxes.centerness"] and raw.max_abs_diff < 1e-4
@@ -263,7 +263,7 @@ def test_faster_rcnn_exports_with_its_postprocessing(runs):
 
 
 def test_batched_and_single_postprocessing_share_a_batch_1_graph(runs):
-    run = runs("yolo+rpn")  # rpn: raw outputs do not batch, so both heads' post-processing goes in the graph
+    run = runs("fcos+rpn")  # rpn: raw outputs do not batch, so both heads' post-processing goes in the graph
     report = export_run(run)
     assert any("proposals: exported with post-processing" in note for note in report.notes)
     assert any("batch 1" in note for note in report.notes) and report.max_abs_diff < 1e-2

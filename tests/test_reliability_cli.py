@@ -41,7 +41,7 @@ TRANSLATOR_SPEC = {
 }
 DETECTOR_MODEL = {"encoder": {"name": "test_resnet"},
                   "decoder": {"name": "fpn", "out_channels": 16, "levels": [2, 3, 4], "extra": "none"},
-                  "heads": {"objects": {"type": "yolo", "source": "decoder", "target": "boxes", "num_convs": 1}}}
+                  "heads": {"objects": {"type": "fcos", "source": "decoder", "target": "boxes", "num_convs": 1}}}
 
 
 def _write_yaml(path: Path, data) -> Path:

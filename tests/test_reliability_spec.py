@@ -192,7 +192,7 @@ def test_detection_and_regression_heads_check_the_data():
                     extra={"dataset": "coco", "head_defaults": {"boxes": {"num_classes": 4},
                                                                 "count": {"num_outputs": 1}}})
     model = edh.build(encoder="test_resnet", heads={
-        "detections": {"type": "yolo", "num_classes": 2, "num_convs": 1, "target": "boxes"}})
+        "detections": {"type": "fcos", "num_classes": 2, "num_convs": 1, "target": "boxes"}})
     with pytest.raises(SpecError, match=r"model\.heads\.detections\.num_classes is 2, but the data 'coco' has 4 object "
                                         r"classes in its 'boxes' target \(labels 1\.\.4\)"):
         model.bind_data(info)

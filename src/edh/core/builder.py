@@ -279,7 +279,9 @@ def validate_options(builder: Any, options: dict[str, Any], where: str, componen
             failed.add(name)
             allowed = option_range(role, name, builder)
             if item["type"] == "extra_forbidden":
-                lines.append(f"  {where}.{key}: {component} has no option {key!r}; it accepts: {accepted}")
+                hint = (getattr(builder, "unknown_option_hint", "") or "").strip()
+                lines.append(f"  {where}.{key}: {component} has no option {key!r}; it accepts: {accepted}"
+                             + (f". {hint}" if hint else ""))
             elif item["type"] == "missing":
                 lines.append(f"  {where}.{key}: required by {component} but missing")
             elif item["type"] in _CONSTRAINT_ERRORS and allowed is not None:

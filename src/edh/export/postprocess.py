@@ -5,7 +5,7 @@ graph (detection heads: score filtering, box decoding, NMS, which exports as ONN
 ``NonMaxSuppression``); the runtime side gives the graph's result to the head's
 ``from_postprocessed``, so eager ``predict`` and the exported graph run one implementation.
 
-- ``"batched"`` heads (``yolo``): the graph keeps a dynamic batch axis (the post-processed outputs get
+- ``"batched"`` heads (``fcos``, ``yolo``): the graph keeps a dynamic batch axis (the post-processed outputs get
   a dynamic first axis of their own: their counts depend on the data).
 - ``"single"`` heads (``faster_rcnn``, ``rpn``: per-image proposal lists do not batch in a traced
   graph): the whole graph is traced at batch 1 and the runtime feeds the images one at a time (a

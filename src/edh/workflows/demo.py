@@ -22,7 +22,7 @@ class Demo:
 
 DEMOS = [  # short schedules: all of them train and evaluate in <= 10 minutes on the 2-core development machine
     Demo("classifier", "image classifier (ResNet-18) on digits", "digits-resnet18.yaml"),
-    Demo("detector", "YOLO-style detector (ResNet-18 + FPN + FCOS-style head) on scenes", "detector-yolo-scenes.yaml",
+    Demo("detector", "FCOS detector (ResNet-18 + FPN + FCOS head) on scenes", "detector-fcos-scenes.yaml",
          {"train.epochs": 8}),
     Demo("segmenter", "segmenter (U-Net: ResNet-18 encoder + U-Net decoder + 1x1 conv head) on scenes",
          "unet-scenes.yaml", {"train.epochs": 4}),

@@ -1,0 +1,1 @@
+"""``pafpn``: the YOLO PAN neck (placeholder while it is written)."""

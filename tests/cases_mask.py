@@ -1,0 +1,3 @@
+"""Tiny role-test cases (merged into tests/roles.py TINY)."""
+
+CASES: dict = {}
