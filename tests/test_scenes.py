@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from edh.data.base import build_data
-from edh.data.scenes import collate_scenes
+from edh.data.scenes import collate_scenes, tight_boxes
 
 SMALL = {"image_size": 40, "sprite_size": [10, 18], "num_train": 24, "num_val": 6, "num_test": 6}
 
@@ -25,6 +25,10 @@ def _check_scene(image, targets, num_classes):
         assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
         covered[y1:y2, x1:x2] |= inside
     assert torch.equal(covered, mask > 0), "every object pixel lies in a box of its own label"
+    masks = targets["masks"]  # one instance mask per box: its tight box is the box, its pixels the label's
+    assert masks.dtype == torch.uint8 and masks.shape == (len(labels), *mask.shape)
+    assert torch.equal(tight_boxes(masks.bool()), boxes) and torch.equal(masks.sum(0) > 0, mask > 0)
+    assert all((mask[instance] == label).all() for instance, label in zip(masks.bool(), labels.tolist()))
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     assert int(targets["label"]) == int(labels[areas.argmax()]) - 1
 

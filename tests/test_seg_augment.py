@@ -149,7 +149,7 @@ def test_image_masks_resize_when_asked_and_keep_ignore_index(tmp_path):
 
 @pytest.mark.parametrize("augment, message", [
     ({"rotat": 10}, r"data\.augment\.rotat: unknown augmentation step; valid steps: hflip, vflip, scale, rotate, "
-                    r"color; did you mean 'rotate'\?"),
+                    r"color, iou_crop, mosaic; did you mean 'rotate'\?"),
     ("flp", r"data\.augment: unknown preset 'flp'.*did you mean 'flip'\?"),
     ({"hflip": 1.5}, r"data\.augment\.hflip must be a probability \(0\.0 to 1\.0\), got 1\.5"),
     ({"scale": [2.0, 0.5]}, r"data\.augment\.scale must be \[low, high\] with low <= high"),

@@ -31,6 +31,16 @@ def finite_float(text: str) -> float:
     return value
 
 
+def unit_float(text: str) -> float:
+    """An argparse type: a number in [0, 1] (a score or a fraction)."""
+    import argparse
+
+    value = finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text!r}")
+    return value
+
+
 def read_input_lines(path: str) -> list[str]:
     """The non-empty lines of a ``--input`` file (UTF-8, UTF-16 with a BOM; `edh.data.text.read_lines`)."""
     from edh.data.textfiles import read_lines

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from edh.commands import add_speed_arguments, apply_speed_arguments, finite_float, positive_int, read_input_lines
+from edh.commands import add_speed_arguments, apply_speed_arguments, finite_float, positive_int, read_input_lines, unit_float
 
 NAME = "predict"
 ITEMS = "images"  # the items may also follow the options (edh predict RUNDIR --top-k 3 a.png b.png)
@@ -28,18 +28,36 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allow-changed-data", action="store_true",
                         help="predict even when the run's data.json was edited after training (the preprocessing "
                              "the run was trained with is used, with a warning)")
-    add_tile_arguments(parser)
+    parser.add_argument("--max-detections", type=positive_int, metavar="N",
+                        help="detection heads: keep up to N detections per image (default: each head's "
+                             "max_detections; with --tile it holds for the whole image)")
+    parser.add_argument("--score-thresh", type=unit_float, metavar="S",
+                        help="detection heads: keep detections scoring above S in [0, 1] (default: each head's "
+                             "score_thresh; yolo's 0.001 suits mAP, 0.25 suits pictures)")
+    parser.add_argument("--image-ids", metavar="FILE",
+                        help="image ids for the results files of --out: a JSON object {file name: id} or COCO "
+                             "annotations (after the run's own COCO files; then numeric file names; else the "
+                             "file name itself)")
+    add_tile_arguments(parser, predict=True)
     add_speed_arguments(parser)
 
 
-def add_tile_arguments(parser) -> None:
-    """``--tile N`` and ``--overlap F``: sliding-window inference at the images' own size (also ``edh eval``)."""
-    group = parser.add_argument_group("large images (models whose heads all tile, e.g. segmentation)")
+def add_tile_arguments(parser, predict: bool = False) -> None:
+    """``--tile N`` and ``--overlap F``: sliding-window inference at the images' own size (also ``edh eval``);
+    with ``predict``, ``--merge`` and ``--tiles-per-batch`` too."""
+    group = parser.add_argument_group("large images (models whose heads all tile: segmentation, detection)")
     group.add_argument("--tile", type=positive_int, metavar="N",
-                       help="run each image at its own size on overlapping NxN tiles, outputs blended where they "
-                            "overlap (instead of resizing it to the run's image size)")
+                       help="run each image at its own size on overlapping NxN tiles, maps blended and boxes merged "
+                            "where they overlap (instead of resizing it to the run's image size)")
     group.add_argument("--overlap", type=finite_float, metavar="F",
                        help="the fraction of a tile shared with its neighbour, in [0, 1) (default 0.25; with --tile)")
+    if predict:
+        group.add_argument("--merge", choices=["nms", "wbf"],
+                           help="how detections of neighbouring tiles merge: class-wise NMS (default) or weighted "
+                                "box fusion, at each head's nms_thresh (with --tile)")
+        group.add_argument("--tiles-per-batch", type=positive_int, default=4, metavar="N",
+                           help="tiles run in one forward (default 4): more is faster for small tiles, and holds "
+                                "more memory")
 
 
 def run(args) -> int:
@@ -81,10 +99,14 @@ def run(args) -> int:
                          "..., or --input FILE of sentences)")
     if args.heads:
         loaded.model.remove_heads(args.heads)
+    settings = {key: getattr(args, key, None) for key in ("max_detections", "score_thresh")}
     results, written = predict_inputs(loaded, items, args.out, args.top_k,
                                       allow_changed_data=getattr(args, "allow_changed_data", False),
                                       tile=getattr(args, "tile", None), overlap=getattr(args, "overlap", None),
-                                      progress=True)
+                                      progress=True, merge=getattr(args, "merge", None),
+                                      tiles_per_batch=getattr(args, "tiles_per_batch", 4),
+                                      image_ids=getattr(args, "image_ids", None),
+                                      settings={k: v for k, v in settings.items() if v is not None} or None)
     for result in results:
         for head, line in result.lines.items():
             print(f"{result.source}\t{head}: {line}")

@@ -10,7 +10,9 @@ pixels. `PadCollate` batches images of different sizes for evaluation. In a run 
            augment: {hflip: 0.5, rotate: 10, scale: [0.5, 2.0], color: 0.2}}
 
 ``augment`` is a preset, ``none`` or ``flip`` (``{hflip: 0.5}``), or a mapping of the steps of
-`AugmentSteps` (each left out is off). Augmentation is for training items only.
+`AugmentSteps` (each left out is off). Augmentation is for training items only. Detection data
+(``coco``, ``scenes``) also takes ``iou_crop`` (`RandomIoUCropResized`) and ``mosaic`` (four items
+tiled into one: a dataset wrapper, `edh.data.mosaic.MosaicDataset`, not a step of this pipeline).
 
 Fill values: pixels that come from outside the image (rotation corners, padding of a crop or of a
 batch) are 0 in the image and ``mask_fill`` in the masks: the dataset's ``ignore_index`` when it has
@@ -32,7 +34,8 @@ from torchvision.transforms.v2 import functional as F
 
 from edh.core.errors import SpecError
 
-STEPS = ("hflip", "vflip", "scale", "rotate", "color")
+STEPS = ("hflip", "vflip", "scale", "rotate", "color", "iou_crop", "mosaic")
+DETECTION_STEPS = ("iou_crop", "mosaic")  # steps that need boxes
 PRESETS: dict[str, dict[str, Any]] = {"none": {}, "flip": {"hflip": 0.5}}
 
 
@@ -48,6 +51,11 @@ class AugmentSteps:
             then crop / pad back to the item's size, or to ``crop_size`` when it is set.
         color: brightness, contrast and saturation jitter strength (0 to 1): each factor is drawn
             from ``[1 - color, 1 + color]``; grayscale images get brightness and contrast only.
+        iou_crop: probability of torchvision's ``v2.RandomIoUCrop`` (SSD's crop: a window that overlaps
+            some box by at least a random IoU, or no crop), resized back to the item's size; it runs
+            first. Detection data only (it needs boxes).
+        mosaic: probability that a training item is four items tiled 2 x 2 around a random centre
+            (`edh.data.mosaic.MosaicDataset`, applied to the split after this pipeline). Detection data only.
     """
 
     hflip: float = 0.0
@@ -55,10 +63,13 @@ class AugmentSteps:
     rotate: float = 0.0
     scale: tuple[float, float] | None = None
     color: float = 0.0
+    iou_crop: float = 0.0
+    mosaic: float = 0.0
 
     @property
     def active(self) -> bool:
-        return bool(self.hflip or self.vflip or self.rotate or self.scale or self.color)
+        """Whether a step of the per-item pipeline is on (``mosaic`` is not one: see `MosaicDataset`)."""
+        return bool(self.hflip or self.vflip or self.rotate or self.scale or self.color or self.iou_crop)
 
 
 def _close(name: str, options: tuple[str, ...]) -> str:
@@ -74,8 +85,8 @@ def _number(value: Any, where: str, low: float, high: float, what: str) -> float
 
 def parse_augment(value: str | Mapping[str, Any] | None, where: str = "data.augment") -> AugmentSteps:
     """The steps of a data spec's ``augment``: a preset (``none``, ``flip`` = ``{hflip: 0.5}``) or a
-    mapping of steps, ``{hflip: 0.5, vflip: 0.0, rotate: 15, scale: [0.5, 2.0], color: 0.2}``, where a
-    step left out is off (see `AugmentSteps` for each key). ``None`` is ``none``.
+    mapping of steps, ``{hflip: 0.5, vflip: 0.0, rotate: 15, scale: [0.5, 2.0], color: 0.2, iou_crop: 0.5,
+    mosaic: 0.5}``, where a step left out is off (see `AugmentSteps` for each key). ``None`` is ``none``.
 
     Raises:
         SpecError: an unknown preset or step (naming ``where.key``, the valid ones and a close match), or
@@ -97,7 +108,7 @@ def parse_augment(value: str | Mapping[str, Any] | None, where: str = "data.augm
         if key not in STEPS:
             raise SpecError(f"{path}: unknown augmentation step; valid steps: {', '.join(STEPS)}"
                             f"{_close(key, STEPS)}")
-        if key in ("hflip", "vflip"):
+        if key in ("hflip", "vflip", "iou_crop", "mosaic"):
             given = 0.5 if given is True else 0.0 if given is False else given
             steps[key] = _number(given, path, 0.0, 1.0, "a probability")
         elif key == "rotate":
@@ -180,6 +191,44 @@ def crop_or_pad(inpt: Any, top: int, left: int, size: tuple[int, int], fill: int
     return F.crop(inpt, max(0, top), max(0, left), size[0], size[1])
 
 
+class ResizeTo(v2.Transform):
+    """Resize every image, mask and box of a sample to ``size`` ``(H, W)``: images bilinearly (antialiased),
+    masks ``NEAREST_EXACT`` (as `RandomScaleCrop`), boxes scaled."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size = list(size)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if tuple(F.get_size(inpt)) == tuple(self.size):
+            return inpt
+        mode = v2.InterpolationMode.NEAREST_EXACT if isinstance(inpt, tv_tensors.Mask) else \
+            v2.InterpolationMode.BILINEAR
+        return F.resize(inpt, self.size, interpolation=mode, antialias=True)
+
+
+class RandomIoUCropResized(v2.Transform):
+    """With probability ``p``, torchvision's ``v2.RandomIoUCrop`` (a random window in which some box keeps
+    at least a random IoU with it, or no crop; boxes whose centre falls outside are zeroed, for
+    `SanitizeBoxes` to drop with their labels and masks), then resized back to the item's size.
+
+    Args:
+        p: probability of the crop.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p, self.crop = p, v2.RandomIoUCrop()
+
+    def forward(self, *inputs: Any) -> Any:
+        sample = inputs if len(inputs) > 1 else inputs[0]
+        if float(torch.rand(())) >= self.p:
+            return sample
+        leaves = tree_flatten(sample)[0]
+        size = v2.query_size([x for x in leaves if isinstance(x, tv_tensors.TVTensor)] or leaves)  # not labels
+        return ResizeTo(size)(self.crop(sample))
+
+
 class SanitizeBoxes(v2.SanitizeBoundingBoxes):
     """`v2.SanitizeBoundingBoxes` (drops boxes under 1 pixel or outside the image, with their
     ``labels``) that passes a sample without boxes through, and never indexes a class map ``(H, W)``
@@ -198,14 +247,17 @@ class SanitizeBoxes(v2.SanitizeBoundingBoxes):
 
 
 def augment_pipeline(augment: str | Mapping[str, Any] | None = "none", crop_size: tuple[int, int] | None = None,
-                     mask_fill: int = 0, in_channels: int = 3, where: str = "data.augment") -> v2.Compose:
+                     mask_fill: int = 0, in_channels: int = 3, where: str = "data.augment",
+                     detection: bool = False) -> v2.Compose:
     """The training pipeline of ``augment`` (see `parse_augment`) and ``crop_size``.
 
     Called on a sample ``{"image": tv_tensors.Image (C, H, W) float in [0, 1], "mask": tv_tensors.Mask
     (H, W), ["boxes": tv_tensors.BoundingBoxes (N, 4), "labels": (N,)], ...}`` (any structure v2 takes),
     it returns the same structure: flips, rotation, scale jitter and the random ``crop_size`` window
     move every image, mask and box together; colour jitter touches the image only; boxes are then
-    clamped to the image and those left degenerate or outside are dropped with their labels.
+    clamped to the image and those left degenerate or outside are dropped with their labels (and their
+    instance masks ``(N, H, W)``, when the sample holds them). ``iou_crop`` runs first; ``mosaic`` is
+    not part of this pipeline (the dataset factory wraps the training split in `MosaicDataset`).
 
     Args:
         augment: the spec's ``augment`` value.
@@ -214,13 +266,20 @@ def augment_pipeline(augment: str | Mapping[str, Any] | None = "none", crop_size
         mask_fill: mask value of pixels from outside the image (``ignore_index``, else 0).
         in_channels: image channels (colour jitter needs 1 or 3).
         where: the key path named in errors.
+        detection: the samples hold boxes (``iou_crop`` and ``mosaic`` are allowed).
     """
     steps = parse_augment(augment, where)
+    for key in DETECTION_STEPS:
+        if getattr(steps, key) and not detection:
+            raise SpecError(f"{where}.{key} needs boxes, and this dataset gives none; it is for detection data "
+                            f"(coco, scenes). Remove {where}.{key}")
     if steps.color and in_channels not in (1, 3):
         raise SpecError(f"{where}.color jitters 1- or 3-channel images, but the images have {in_channels} "
                         f"channels; remove {where}.color")
     fills = {tv_tensors.Image: 0, tv_tensors.Mask: mask_fill}
     pipeline: list[Any] = []
+    if steps.iou_crop:
+        pipeline.append(RandomIoUCropResized(steps.iou_crop))
     if steps.hflip:
         pipeline.append(v2.RandomHorizontalFlip(steps.hflip))
     if steps.vflip:

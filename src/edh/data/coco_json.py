@@ -19,7 +19,8 @@ silently, and every message names the file, the annotation id and the image (id 
   them: a malformed ``bbox`` (not 4 numbers, booleans, NaN / Inf), zero or negative width or height,
   a box outside its image, an unknown or non-integer category id or image id, a missing image file,
   an ``iscrowd`` other than 0 / 1. An image whose file is missing is left out (and reported even
-  when it has no annotations).
+  when it has no annotations). With ``masks`` (``data.masks: true``), also an annotation whose
+  ``segmentation`` is missing, malformed or outside its image (`edh.data.coco_masks.check_segmentation`).
 * Left out on purpose and counted: crowd annotations (``iscrowd: 1``), as usual for box detectors
   (``extra["coco_ignored"]``). Images without boxes are kept (they teach what is not an object);
   their number is logged and kept in ``extra["coco_images_without_boxes"]``.
@@ -27,7 +28,8 @@ silently, and every message names the file, the annotation id and the image (id 
   it) must be the ``width`` / ``height`` the file gives (the boxes were checked against them);
   otherwise a `CocoImageSizeError` names the image.
 
-Keys edh does not use (``area``, ``segmentation``, ``info``, ``licenses``...) are not checked.
+Keys edh does not use (``area``, ``info``, ``licenses``..., and ``segmentation`` unless ``masks``) are not
+checked.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import torch
 
 from edh.core.errors import DataError, DataItemError, EdhError
 from edh.data.base import DataFilesMissingError
+from edh.data.coco_masks import check_segmentation
 
 log = logging.getLogger("edh")
 
@@ -67,7 +70,8 @@ class CocoImage:
     """One image and its kept boxes ``(N, 4)`` xyxy and labels ``(N,)`` (1..K).
 
     ``size`` is the ``(width, height)`` the annotation file gives (``None``: read from the file);
-    ``source`` the annotation file (for messages).
+    ``source`` the annotation file (for messages); ``segmentations`` the checked ``segmentation`` of each
+    box (read with ``masks``; decoded when the item is loaded), else ``None``.
     """
 
     path: Path
@@ -76,6 +80,7 @@ class CocoImage:
     labels: torch.Tensor
     size: tuple[float, float] | None = None
     source: str = ""
+    segmentations: list | None = None
 
 
 @dataclass
@@ -287,7 +292,7 @@ class CocoRead:
 
 
 def read_coco(annotations: str | Path, images: str | Path, label_of: dict[int, int] | None = None,
-              training: bool | None = None) -> CocoRead:
+              training: bool | None = None, masks: bool = False) -> CocoRead:
     """The images of a COCO file with their valid boxes, and every bad annotation (see the module docstring).
 
     Args:
@@ -296,6 +301,7 @@ def read_coco(annotations: str | Path, images: str | Path, label_of: dict[int, i
         label_of: category id -> label (default: this file's categories in id order, 1..K).
         training: a training file must have ``annotations`` (default: when ``label_of`` is not given);
             a held-out one without them gets a warning.
+        masks: read and check each kept box's ``segmentation`` too (a bad one is an issue).
 
     Raises:
         CocoAnnotationError: a file edh cannot use (what is refused whatever ``strict`` says).
@@ -323,7 +329,7 @@ def read_coco(annotations: str | Path, images: str | Path, label_of: dict[int, i
                     len(entries))
     issues: list[CocoIssue] = []
     ignored: Counter = Counter()
-    kept: dict[int, tuple[list, list]] = {}
+    kept: dict[int, tuple[list, list, list]] = {}
     seen: dict[int, tuple[int, Any]] = {}
     with_annotations: set[int] = set()
     for index, ann in enumerate(listed or []):
@@ -371,10 +377,15 @@ def read_coco(annotations: str | Path, images: str | Path, label_of: dict[int, i
         if crowd:
             ignored["crowd"] += 1
             continue
+        problem = check_segmentation(ann.get("segmentation"), *entry.size) if masks else None
+        if problem:
+            issue(*problem)
+            continue
         x, y, w, h = ann["bbox"]
-        boxes, labels = kept.setdefault(image_id, ([], []))
+        boxes, labels, segmentations = kept.setdefault(image_id, ([], [], []))
         boxes.append([float(x), float(y), float(x + w), float(y + h)])
         labels.append(label_of[category])
+        segmentations.append(ann.get("segmentation"))
     for image_id, entry in entries.items():
         if not entry.exists and image_id not in with_annotations:
             issues.append(CocoIssue(None, image_id, f"image file {entry.file} is missing (an image without "
@@ -384,10 +395,10 @@ def read_coco(annotations: str | Path, images: str | Path, label_of: dict[int, i
         entry = entries[image_id]
         if not entry.exists:
             continue
-        boxes, labels = kept.get(image_id, ([], []))
+        boxes, labels, segmentations = kept.get(image_id, ([], [], []))
         found.append(CocoImage(entry.file, image_id, torch.tensor(boxes, dtype=torch.float64).float().reshape(-1, 4),
                                torch.tensor(labels, dtype=torch.int64), entry.size if entry.declared else None,
-                               str(annotations)))
+                               str(annotations), segmentations if masks else None))
     if not found:
         missing = [entries[i].file for i in sorted(entries)][:3]
         raise CocoFilesMissingError(

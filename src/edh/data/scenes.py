@@ -11,15 +11,19 @@ detection and multi-task models. An item is ``(image, targets)``:
   object's mask pixels (``x2 = last column + 1``, torchvision's convention), N >= 1.
 - ``targets["labels"]``: ``(N,)`` int64, each object's mask id (``1..K``; 0 stays background, as
   torchvision's detectors expect).
+- ``targets["masks"]``: ``(N, H, W)`` uint8 instance masks, one per box (in the order of ``boxes``): 1 on
+  the object's own visible pixels (the same alpha >= 0.5 rule as ``mask``), 0 elsewhere; each box is
+  the tight box of its mask.
 - ``targets["label"]``: int64 scalar, the 0-based class of the largest object (for classification).
 - ``targets["count"]``: float32 scalar, the number of objects in the scene (for a regression head).
 
 Training augmentation (``augment``, ``crop_size``; off by default) moves image, mask and objects
 together (`edh.data.augment`); the targets are then recomputed from the objects left visible (the
-boxes stay tight, as above), so every task's target describes the augmented image.
+boxes stay tight, as above), so every task's target describes the augmented image. ``augment.mosaic``
+tiles four training items into one (`edh.data.mosaic`); its targets are recomputed the same way.
 
 Batches need `collate_scenes` (on the bundle as ``collate_fn``): images, masks and labels are
-stacked (and ``count``), ``boxes`` and ``labels`` stay lists of per-image tensors because N varies.
+stacked (and ``count``), ``boxes``, ``labels`` and ``masks`` stay lists of per-image tensors because N varies.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ STACKED = ("mask", "label", "count")  # targets with one fixed shape per image; 
 
 def collate_scenes(items: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Tensor, dict[str, Any]]:
     """Batch scene items: ``(B, C, H, W)`` images; ``mask`` ``(B, H, W)``, ``label`` and ``count`` ``(B,)`` stacked;
-    ``boxes`` (``[(N_i, 4)]``) and ``labels`` (``[(N_i,)]``) as lists, one tensor per image."""
+    ``boxes`` (``[(N_i, 4)]``), ``labels`` (``[(N_i,)]``) and ``masks`` (``[(N_i, H, W)]``) as lists, one tensor
+    per image."""
     images = torch.stack([image for image, _ in items])
     targets: dict[str, Any] = {}
     for key in items[0][1]:
@@ -59,23 +64,24 @@ class SceneDataset(Dataset):
         boxes: per scene ``(N_i, 4)`` float32 xyxy.
         labels: per scene ``(N_i,)`` int64 mask ids (1..K).
         mean, std: per-channel normalisation of the [0, 1] image.
-        instances: ``(N, H, W)`` instance maps (`render_scenes`), needed by ``augment``.
-        augment: a joint pipeline (`edh.data.augment.augment_pipeline`) applied to image, mask and
+        instances: ``(N, H, W)`` instance maps (`render_scenes`): the items' ``masks`` come from them.
+        augment: a joint pipeline (`edh.data.augment.augment_pipeline`) applied to image, mask, boxes and
             instance map, or ``None``. Boxes are then the tight boxes of each object's pixels left
             visible (objects that left the image are dropped with their labels), and ``count`` and
             ``label`` follow them. A draw that leaves no object is drawn again (`AUGMENT_TRIES` times);
             then the item is the ``crop_size`` window centred on its largest object, unaugmented.
         crop_size: ``(H, W)`` of ``augment``'s crop, or ``None``.
+        pipeline_boxes: give ``augment`` the boxes (and labels) too, for steps that read them (``iou_crop``);
+            off otherwise, as moving boxes costs more than half of the pipeline's time.
     """
 
     def __init__(self, images: torch.Tensor, masks: torch.Tensor, boxes: list[torch.Tensor],
                  labels: list[torch.Tensor], mean: tuple[float, ...], std: tuple[float, ...],
-                 instances: torch.Tensor | None = None, augment: Any = None,
-                 crop_size: tuple[int, int] | None = None) -> None:
+                 instances: torch.Tensor, augment: Any = None, crop_size: tuple[int, int] | None = None,
+                 pipeline_boxes: bool = False) -> None:
         self.images, self.masks, self.boxes, self.labels = images, masks, boxes, labels
         self.instances, self.augment, self.crop_size = instances, augment, crop_size
-        if augment is not None and instances is None:
-            raise ValueError("SceneDataset needs the scenes' instance maps to augment them")
+        self.pipeline_boxes = pipeline_boxes
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
 
@@ -87,7 +93,9 @@ class SceneDataset(Dataset):
             return self._augmented(index)
         image = (self.images[index].float() / 255.0 - self.mean) / self.std
         boxes, labels = self.boxes[index], self.labels[index]
-        return image, _targets(self.masks[index], boxes.clone(), labels.clone())
+        targets = _targets(self.masks[index], boxes.clone(), labels.clone())
+        targets["masks"] = instance_masks(self.instances[index], len(labels))
+        return image, targets
 
     def _augmented(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         from torchvision import tv_tensors
@@ -95,17 +103,23 @@ class SceneDataset(Dataset):
         sample = {"image": tv_tensors.Image(self.images[index].float() / 255.0),  # (C, H, W) in [0, 1]
                   "mask": tv_tensors.Mask(self.masks[index]), "objects": tv_tensors.Mask(self.instances[index])}
         labels = self.labels[index]
+        with_boxes = sample  # boxes only for the steps that read them (iou_crop); targets come from the pixels
+        if self.pipeline_boxes:
+            with_boxes = {**sample, "boxes": tv_tensors.BoundingBoxes(self.boxes[index], format="XYXY",
+                                                                       canvas_size=tuple(sample["mask"].shape)),
+                          "labels": labels}
         for _ in range(AUGMENT_TRIES):
-            out = self.augment(sample)
-            boxes, kept = visible_boxes(out["objects"], len(labels))
+            out = self.augment(with_boxes)
+            boxes, kept, masks = visible_objects(out["objects"], len(labels))
             if len(boxes):
                 break
         else:
             out = self._around_largest(sample, index)
-            boxes, kept = visible_boxes(out["objects"], len(labels))
+            boxes, kept, masks = visible_objects(out["objects"], len(labels))
         image = (out["image"].as_subclass(torch.Tensor) - self.mean) / self.std  # (C, H', W')
         mask = out["mask"].as_subclass(torch.Tensor)
         targets = _targets(mask, boxes, labels[kept])
+        targets["masks"] = masks
         if not len(boxes):  # nothing visible even so (a tiny crop of a hollow sprite): keep the scene's class
             targets["label"] = _targets(self.masks[index], self.boxes[index], labels)["label"]
         return image, targets
@@ -129,16 +143,42 @@ class SceneDataset(Dataset):
 AUGMENT_TRIES = 10
 
 
-def visible_boxes(objects: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tight ``(M, 4)`` xyxy boxes (``x2`` = last column + 1) of the objects ``1..count`` of an instance
-    map ``(H, W)`` that still have pixels, and the indices ``(M,)`` of those objects (0-based)."""
+def instance_masks(objects: torch.Tensor, count: int) -> torch.Tensor:
+    """``(count, H, W)`` uint8: 1 where the instance map ``(H, W)`` holds object ``i + 1``."""
+    objects = objects.as_subclass(torch.Tensor)
+    return (objects[None] == torch.arange(1, count + 1, dtype=objects.dtype).view(-1, 1, 1)).to(torch.uint8)
+
+
+def tight_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight ``(M, 4)`` float xyxy boxes (``x2`` = last column + 1) of non-empty masks ``(M, H, W)``."""
     from torchvision.ops import masks_to_boxes
 
-    present = objects.as_subclass(torch.Tensor)[None] == torch.arange(1, count + 1).view(-1, 1, 1)  # (N, H, W)
-    kept = present.flatten(1).any(1).nonzero().flatten()  # (M,)
-    boxes = masks_to_boxes(present[kept]) if len(kept) else torch.zeros(0, 4)  # (M, 4), x2 / y2 inclusive
+    boxes = masks_to_boxes(masks) if len(masks) else torch.zeros(0, 4)  # (M, 4), x2 / y2 inclusive
     boxes[:, 2:] += 1
-    return boxes.float(), kept
+    return boxes.float()
+
+
+def visible_objects(objects: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The objects ``1..count`` of an instance map ``(H, W)`` that still have pixels: their tight ``(M, 4)``
+    xyxy boxes, their indices ``(M,)`` (0-based) and their masks ``(M, H, W)`` uint8."""
+    present = instance_masks(objects, count)  # (N, H, W)
+    kept = present.flatten(1).any(1).nonzero().flatten()  # (M,)
+    masks = present[kept]
+    return tight_boxes(masks), kept, masks
+
+
+def visible_boxes(objects: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`visible_objects` without the masks: the tight boxes ``(M, 4)`` and the object indices ``(M,)``."""
+    boxes, kept, _ = visible_objects(objects, count)
+    return boxes, kept
+
+
+def mosaic_targets(targets: dict[str, Any]) -> dict[str, Any]:
+    """A scene mosaic's targets (`edh.data.mosaic`): tight boxes of the pasted masks, then ``label`` and
+    ``count`` of the objects in it."""
+    result = _targets(targets["mask"], tight_boxes(targets["masks"]), targets["labels"])
+    result["masks"] = targets["masks"]
+    return result
 
 
 def _targets(mask: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -288,17 +328,20 @@ def scenes(image_size: int = 64, objects: int | list[int] = (1, 3), sprite_size:
         fashion_root: a folder with the Fashion-MNIST IDX files (default: the Debian package's).
         augment: training augmentation, ``none`` (default: the scenes as drawn), ``flip`` or a mapping of
             steps (``{hflip: 0.5, rotate: 15, scale: [0.5, 2.0], color: 0.2}``, `edh.data.augment.parse_augment`).
-            Image, mask and boxes move together; boxes, ``labels``, ``count`` and ``label`` are then those of
-            the objects left visible (see `SceneDataset`). Val / test: never.
+            Image, mask and boxes move together; boxes, ``labels``, ``masks``, ``count`` and ``label`` are then
+            those of the objects left visible (see `SceneDataset`). Detection steps: ``iou_crop`` (a probability)
+            and ``mosaic`` (a probability: four training items tiled into one, `edh.data.mosaic`). Val / test: never.
         crop_size: ``N`` or ``[h, w]``: training items are random windows of that size (padded with
             background where larger than the canvas); val / test keep ``image_size``. Default: no crop.
         seed: fixes the sprite split and every scene (and, per epoch and item, the augmentation).
     """
     from edh.data.augment import augment_pipeline, parse_augment, parse_size
+    from edh.data.mosaic import MosaicDataset
 
     steps = parse_augment(augment)
     crop = parse_size(crop_size, "data.crop_size")
-    train_augment = augment_pipeline(augment, crop, 0, in_channels) if steps.active or crop else None
+    train_augment = augment_pipeline(augment, crop, 0, in_channels, detection=True) \
+        if steps.active or crop else None
     sizes = _pair(sprite_size, "sprite_size")
     counts = _pair(objects, "objects")
     if sizes[1] > image_size:
@@ -317,13 +360,15 @@ def scenes(image_size: int = 64, objects: int | list[int] = (1, 3), sprite_size:
         *rendered, instances = render_scenes(count, alpha, classes, rng, image_size, counts, sizes, noise,
                                              in_channels, overlap)
         augmented = split == "train" and train_augment is not None
-        parts[split] = SceneDataset(*rendered, mean, std, instances if augmented else None,
-                                    train_augment if augmented else None, crop)
+        parts[split] = SceneDataset(*rendered, mean, std, instances, train_augment if augmented else None, crop,
+                                    pipeline_boxes=bool(steps.iou_crop))
+    if steps.mosaic:
+        parts["train"] = MosaicDataset(parts["train"], steps.mosaic, finish=mosaic_targets)
     mask_names = ["background", *class_names]
     info = DataInfo(
         "image", in_channels, (image_size, image_size), mean, std, list(class_names),
-        {"mask": "segmentation", "boxes": "detection", "labels": "detection", "label": "classification",
-         "count": "regression"},
+        {"mask": "segmentation", "boxes": "detection", "labels": "detection", "masks": "instance_segmentation",
+         "label": "classification", "count": "regression"},
         {"dataset": "scenes", "sprites": sprites, "mask_class_names": mask_names,
          "head_defaults": {"mask": {"num_classes": len(mask_names), "class_names": mask_names}}},
     )

@@ -87,6 +87,16 @@ class Postprocessed(Head):
     def prediction_records(self, *args: Any, **kwargs: Any) -> Any:
         return self.head.prediction_records(*args, **kwargs)
 
+    def prediction_settings(self) -> dict[str, Any]:
+        return self.head.prediction_settings()
+
+    def set_prediction_settings(self, **values: Any) -> None:
+        """The head's own; a cap the graph applied itself (a ``single`` head's NMS) cannot be raised here."""
+        self.head.set_prediction_settings(**values)
+
+    def prediction_notes(self, *args: Any, **kwargs: Any) -> list[str]:
+        return self.head.prediction_notes(*args, **kwargs)
+
 
 def run_with_postprocess(graph: OnnxGraph, images: torch.Tensor, heads: dict[str, Head]) -> dict[str, Any]:
     """Run an exported graph with post-processing in it: per post-processed head (the graph's

@@ -34,7 +34,10 @@ class Head(nn.Module):
       ``predict`` returns: one implementation for eager and exported prediction. ``align_predictions``
       pairs up two predictions (eager, exported) so the export check compares them tensor by tensor.
     - ``format_prediction`` / ``write_predictions`` / ``prediction_records``: what ``edh predict``,
-      ``edh eval`` and the demo print, draw and write.
+      ``edh eval`` and the demo print, draw and write; ``prediction_settings`` (thresholds, caps:
+      shown by ``describe`` and ``predict``, changed by ``set_prediction_settings``) and
+      ``prediction_notes`` (warnings about a result, e.g. a cap reached).
+    - ``merge_tiles``: with ``tiling`` ``"boxes"``, one image's detections from its tiles, merged.
     - ``bind_data(info)``: the run's data description (normalisation, class names), given once by the
       workflows before metrics or pictures are made.
     - ``transfer_from(trained)``: head surgery, carrying weights over from a trained head of the same name.
@@ -58,12 +61,14 @@ class Head(nn.Module):
             by `Model.bind_data` before ``bind_data`` runs, so a head can check the data's target.
         generates: the head turns decoder features into token logits (``logits``) for step-by-step
             generation (`edh.ops.generation`); ``generation_defaults`` gives its search settings.
-        tiling: how the head's raw outputs are stitched when the model runs on overlapping tiles of
+        tiling: how the head's outputs are stitched when the model runs on overlapping tiles of
             a large image (`edh.ops.tiling`): ``"blend"`` (the output is a per-pixel map
             ``(B, K, H, W)`` at the input's resolution; overlaps are blended with weights that fall
-            off towards tile borders), or None (the head cannot run tiled). A model is tileable when
-            every head it runs has a tiling; ``"blend"`` also lets ``edh predict`` up-sample the map
-            back to an image's own size when the run resized it.
+            off towards tile borders), ``"boxes"`` (``predict`` gives per image ``boxes`` xyxy in
+            input pixels, ``scores``, ``labels``: each tile's are shifted to image pixels and
+            ``merge_tiles`` merges them across tile borders), or None (the head cannot run tiled).
+            A model is tileable when every head it runs has a tiling; ``"blend"`` also lets
+            ``edh predict`` up-sample the map back to an image's own size when the run resized it.
     """
 
     accepts: tuple[str, ...] = ("pyramid", "sequence", "vector")
@@ -137,6 +142,35 @@ class Head(nn.Module):
         not pair up (e.g. other numbers of detections). Default: both as they are."""
         return reference, other
 
+    def merge_tiles(self, found: dict[str, torch.Tensor], merge: str = "nms") -> Any:
+        """Tiling ``"boxes"``: one image's prediction from the detections of all its tiles, gathered in
+        image pixels (``{"boxes" (D, 4), "scores" (D,), "labels" (D,)}``); ``merge`` is ``"nms"`` or
+        ``"wbf"`` (`edh.ops.tiling.merge_detections`). Returns one entry of ``predict``'s list."""
+        raise NotImplementedError(f"{type(self).__name__} has tiling {self.tiling!r}: it does not merge tiles' boxes")
+
+    def prediction_settings(self) -> dict[str, Any]:
+        """The options that shape ``predict``'s result (thresholds, caps: detection's ``score_thresh``,
+        ``nms_thresh``, ``max_detections``), as ``edh describe`` shows them and ``edh predict`` prints
+        them once. Default: none."""
+        return {}
+
+    def set_prediction_settings(self, **values: Any) -> None:
+        """Change some of `prediction_settings` for this session (``edh predict --max-detections N``).
+        Default: each one set as the attribute of its name; a name not among them is a ``ValueError``."""
+        known = self.prediction_settings()
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no prediction setting {', '.join(unknown)} (it has: "
+                             f"{', '.join(known) or 'none'})")
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def prediction_notes(self, prediction: Any, paths: list[Path], name: str = "head") -> list[str]:
+        """Warnings about ``predict``'s result for the inputs at ``paths`` that ``edh predict`` shows
+        (detection: an image whose detections reached ``max_detections``); ``name`` is the head's name
+        in the model. Default: none."""
+        return []
+
     def format_prediction(self, prediction: Any, index: int) -> str:
         """One line describing sample ``index`` of ``predict``'s result (for ``edh predict``)."""
         return ""
@@ -148,7 +182,8 @@ class Head(nn.Module):
     def prediction_records(self, prediction: Any, paths: list[Path], input_size: tuple[int, int],
                            info: Any = None) -> list[dict[str, Any]]:
         """JSON-ready records of these predictions (detection: COCO results) for the images at
-        ``paths`` (model input ``input_size``; ``info`` is the run's `DataInfo`). ``edh predict --out``
+        ``paths`` (model input ``input_size``; ``info`` is the run's `DataInfo`; ``edh predict`` puts
+        each image's id, file name -> id, into ``info.extra["image_ids"]``). ``edh predict --out``
         gathers them over all images into ``OUT/<head>.json``. Default: none."""
         return []
 

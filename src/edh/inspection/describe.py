@@ -23,6 +23,9 @@ FUNCTIONS = {
 
 @dataclass
 class RoleRow:
+    """One role of the table; ``settings``: a head's prediction settings (`Head.prediction_settings`:
+    detection's ``score_thresh``, ``nms_thresh``, ``max_detections``), shown under its function."""
+
     role: str
     component: str
     function: str
@@ -31,6 +34,7 @@ class RoleRow:
     output: list[str]
     params: int
     macs: int
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -39,12 +43,17 @@ class Description:
     rows: list[RoleRow] = field(default_factory=list)
 
     @property
+    def roles(self) -> list[RoleRow]:
+        """The role rows, without the indented rows of a head's branches (already counted in their head)."""
+        return [r for r in self.rows if not r.role.startswith(" ")]
+
+    @property
     def total_params(self) -> int:
-        return sum(r.params for r in self.rows)
+        return sum(r.params for r in self.roles)
 
     @property
     def total_macs(self) -> int:
-        return sum(r.macs for r in self.rows)
+        return sum(r.macs for r in self.roles)
 
     def to_dict(self) -> dict[str, Any]:
         return {"input_size": self.input_size, "rows": [asdict(r) for r in self.rows],
@@ -59,8 +68,9 @@ class Description:
             table.add_column(column, justify="right" if column in ("params", "MACs") else "left")
         for r in self.rows:
             source = f"\n(from {r.source})" if r.source else ""
-            table.add_row(r.role, r.component + source, r.function, "\n".join(r.input), "\n".join(r.output),
-                          human(r.params), human(r.macs))
+            settings = "".join(f"\n{key} {value}" for key, value in r.settings.items())
+            table.add_row(r.role, r.component + source, r.function + settings, "\n".join(r.input),
+                          "\n".join(r.output), human(r.params), human(r.macs))
         table.add_row("total", "", "", "", "", human(self.total_params), human(self.total_macs))
         return table
 
@@ -147,8 +157,9 @@ def describe_model(model, input_size: tuple[int, ...] | None = None, context: di
             reads = module.reads_level
             if reads is not None and isinstance(args, (list, tuple)):
                 args = [args[reads]]
+            settings = module.prediction_settings() if hasattr(module, "prediction_settings") else {}
             rows.append(RoleRow(f"Head:{head}", head_spec.type, function, head_spec.source, shapes(args),
-                                shapes(output), _params(module), macs(f"heads.{head}")))
+                                shapes(output), _params(module), macs(f"heads.{head}"), dict(settings)))
             rows.extend(_branches(module, head, flops, type(model).__name__))
     return Description(list(size), rows)
 

@@ -21,9 +21,10 @@ def _role_table_html(description) -> str:
     rows = []
     for r in description.rows:
         source = f"<br><small>from {html.escape(r.source)}</small>" if r.source else ""
+        settings = "".join(f"<br><small>{html.escape(f'{k} {v}')}</small>" for k, v in r.settings.items())
         rows.append("<tr>" + "".join([
             f"<td>{html.escape(r.role)}</td>", f"<td>{html.escape(r.component)}{source}</td>",
-            f"<td>{html.escape(r.function)}</td>", f"<td><code>{'<br>'.join(map(html.escape, r.input))}</code></td>",
+            f"<td>{html.escape(r.function)}{settings}</td>", f"<td><code>{'<br>'.join(map(html.escape, r.input))}</code></td>",
             f"<td><code>{'<br>'.join(map(html.escape, r.output))}</code></td>",
             f"<td class=n>{human(r.params)}</td>", f"<td class=n>{human(r.macs)}</td>"]) + "</tr>")
     rows.append(f"<tr><td>total</td><td></td><td></td><td></td><td></td><td class=n>{human(description.total_params)}</td>"

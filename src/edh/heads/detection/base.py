@@ -18,6 +18,7 @@ import torch
 from edh.core.features import FeatureSpec
 from edh.heads.base import Head
 from edh.ops.boxes import DetectionTargets, check_targets, split_targets, to_xywh
+from edh.ops.tiling import merge_detections, predictions_of
 
 log = logging.getLogger("edh")
 
@@ -32,12 +33,15 @@ class DetectionHead(Head):
         class_names: a name per object class (``class_names[k - 1]`` for label ``k``).
         category_ids: the dataset's category id per class (COCO ids), used in the results JSON.
         score_thresh: detections scoring at most this are dropped by ``predict``.
-        nms_thresh: IoU above which class-wise NMS drops the lower-scoring box.
-        max_detections: detections kept per image.
+        nms_thresh: IoU above which class-wise NMS drops the lower-scoring box (also across tile
+            borders, `merge_tiles`).
+        max_detections: detections kept per image; on tiles (``edh predict --tile``) per tile, then
+            again for the whole image after merging.
     """
 
     accepts = ("pyramid",)
     task = "detection"
+    tiling = "boxes"  # predict gives boxes in input pixels: tiles' boxes are shifted and merged (merge_tiles)
 
     def __init__(self, in_spec: FeatureSpec, num_classes: int, class_names: list[str] | None = None,
                  category_ids: list[int] | None = None, score_thresh: float = 0.05, nms_thresh: float = 0.5,
@@ -97,7 +101,7 @@ class DetectionHead(Head):
                                     backend="pycocotools")
 
     def update_metrics(self, metrics, outputs: Any, targets: Any) -> None:
-        detections = self.predict(outputs)
+        detections = predictions_of(self, outputs)  # raw outputs, or predictions merged over tiles
         if isinstance(targets, dict) or (targets and not isinstance(targets[0], dict)):
             targets = split_targets(targets)
         truth = [{"boxes": t["boxes"].float(), "labels": t["labels"].long()} for t in targets]
@@ -140,6 +144,33 @@ class DetectionHead(Head):
         join = lambda found: {k: torch.cat([d[k] for d in found]) for k in ("boxes", "scores", "labels")}  # noqa: E731
         return join(ours), join(theirs)
 
+    def merge_tiles(self, found: dict[str, torch.Tensor], merge: str = "nms") -> dict[str, torch.Tensor]:
+        """One image's detections from its tiles (image pixels) merged where tiles overlap: class-wise
+        NMS or weighted box fusion at ``nms_thresh``, then the best ``max_detections`` of the whole image."""
+        return merge_detections(found, merge, self.nms_thresh, self.max_detections)
+
+    def prediction_settings(self) -> dict[str, Any]:
+        """``score_thresh``, ``nms_thresh`` and ``max_detections``: what decides which boxes ``predict`` keeps."""
+        return {"score_thresh": self.score_thresh, "nms_thresh": self.nms_thresh,
+                "max_detections": self.max_detections}
+
+    def set_prediction_settings(self, **values: Any) -> None:
+        """Change ``score_thresh``, ``nms_thresh`` or ``max_detections`` (checked like the constructor's)."""
+        if "max_detections" in values and (not isinstance(values["max_detections"], int)
+                                           or values["max_detections"] < 1):
+            raise ValueError(f"max_detections is a number of detections per image (at least 1), got "
+                             f"{values['max_detections']!r}")
+        if "nms_thresh" in values and not 0 <= values["nms_thresh"] <= 1:
+            raise ValueError(f"nms_thresh is an IoU in [0, 1], got {values['nms_thresh']}")
+        super().set_prediction_settings(**values)
+
+    def prediction_notes(self, prediction: Detections, paths: list[Path], name: str = "head") -> list[str]:
+        """One warning per image whose detections reached ``max_detections``: the cap may hide objects."""
+        cap = self.max_detections
+        return [f"image {Path(str(path)).name}: {cap} detections = head {name!r} max_detections; more objects "
+                f"may be there: raise it (edh predict --max-detections N, or heads.{name}.max_detections in the "
+                "spec)" for path, found in zip(paths, prediction) if len(found["boxes"]) >= cap]
+
     def label_name(self, label: int) -> str:
         return self.class_names[label - 1] if 1 <= label <= self.num_classes else str(label)
 
@@ -168,16 +199,19 @@ class DetectionHead(Head):
         """COCO results (``image_id``, ``category_id``, ``bbox`` x, y, w, h in the image file's pixels,
         ``score``): what ``pycocotools``' ``COCO.loadRes`` reads.
 
-        ``image_id`` comes from the run's COCO annotation files when the file name is listed
-        there, else from a numeric file stem (``000000139.jpg`` -> 139), else the position in ``paths``.
+        ``image_id``: ``info.extra["image_ids"][file name]`` when ``edh predict`` resolved the ids
+        there (the run's COCO files, then ``--image-ids``, then the stem); else from the run's COCO
+        annotation files when the file name is listed there, else from a numeric file stem
+        (``000000139.jpg`` -> 139), else the file name itself (a string, never a made-up number).
         """
         from edh.heads.detection.drawing import image_size, scale_boxes
 
-        ids = _image_ids(info)
+        extra = getattr(info, "extra", None) or {}
+        ids = extra["image_ids"] if "image_ids" in extra else _image_ids(info)
         records = []
         for index, path in enumerate(paths):
             path = Path(path)
-            image_id = ids.get(path.name, int(path.stem) if path.stem.isdigit() else index)
+            image_id = ids.get(path.name, int(path.stem) if path.stem.isdigit() else path.name)
             found = prediction[index]
             size = image_size(path) if path.is_file() else input_size
             boxes = to_xywh(scale_boxes(found["boxes"], input_size, size))
@@ -213,7 +247,7 @@ def _image_ids(info: Any) -> dict[str, int]:
         try:  # UTF-8 with or without a byte-order mark (edh's COCO reader accepted the file when training)
             images = json.loads(Path(file).read_bytes().decode("utf-8-sig")).get("images", [])
         except (OSError, ValueError) as error:
-            log.warning("cannot read image ids from %s (%s): predictions of its images get image_id 0", file, error)
+            log.warning("cannot read image ids from %s (%s): its images get ids from their file names", file, error)
             continue
         ids.update({Path(str(i.get("file_name", ""))).name: int(i["id"]) for i in images if "id" in i})
     return ids

@@ -1,4 +1,4 @@
-"""Pictures of detections: boxes, class names and scores drawn on the original image file."""
+"""Pictures of detections: boxes, class names, scores (and instance masks) drawn on the original image file."""
 
 from __future__ import annotations
 
@@ -32,13 +32,16 @@ def picture_of(image: torch.Tensor) -> torch.Tensor:
 
 
 def draw_detections(path: str | Path, detections: dict[str, torch.Tensor], input_size: tuple[int, int],
-                    name_of: Callable[[int], str], out: Path, image: torch.Tensor | None = None) -> Path:
+                    name_of: Callable[[int], str], out: Path, image: torch.Tensor | None = None,
+                    masks: torch.Tensor | None = None) -> Path:
     """The image at ``path`` with ``detections`` (found on the model input of ``input_size``) drawn; a PNG.
 
-    Where ``path`` is not a file, the model input ``image`` ``(C, H, W)`` is drawn on instead."""
+    Where ``path`` is not a file, the model input ``image`` ``(C, H, W)`` is drawn on instead.
+    ``masks``: ``(D, h, w)`` bool, one per detection at the picture's resolution (instance
+    segmentation), filled in its class colour under the boxes (resized, nearest, if another size)."""
     import numpy as np
     from PIL import Image
-    from torchvision.utils import draw_bounding_boxes
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
     from edh.heads.segmentation import class_colours
     from edh.utils.io import atomic_write
@@ -52,8 +55,13 @@ def draw_detections(path: str | Path, detections: dict[str, torch.Tensor], input
     labels = detections["labels"].tolist()
     colours = class_colours(max(labels, default=0) + 1)
     text = [f"{name_of(int(l))} {float(s):.2f}" for l, s in zip(labels, detections["scores"].tolist())]
+    colors = [tuple(int(255 * c) for c in colours[l]) for l in labels]
+    if masks is not None and len(masks):
+        if tuple(masks.shape[-2:]) != tuple(picture.shape[-2:]):
+            masks = torch.nn.functional.interpolate(masks[:, None].float(), size=tuple(picture.shape[-2:]))[:, 0] > 0.5
+        picture = draw_segmentation_masks(picture, masks.bool().cpu(), alpha=0.5, colors=colors)
     drawn = draw_bounding_boxes(picture, boxes, labels=text, width=max(1, min(picture.shape[-2:]) // 128),
-                                colors=[tuple(int(255 * c) for c in colours[l]) for l in labels])
+                                colors=colors)
     out.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(drawn.permute(1, 2, 0).numpy())
     atomic_write(out, lambda f: image.save(f, format="PNG"))

@@ -22,15 +22,13 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, clip_boxes_to_image, generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from edh.core.features import FeatureSpec
-from edh.heads.detection.base import DetectionHead, Detections
+from edh.heads.detection.one_stage import OneStageHead, chosen_levels
 from edh.ops.anchors import grid_points
 from edh.ops.matching import center_sampling_match
 from edh.core.registry import register_head
-
-MIN_SIZE = 1e-2  # boxes narrower or lower than this are dropped (`edh.ops.boxes.filter_detections`' default)
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ class Tower(nn.Module):
 
 
 @register_head("fcos")
-class FCOSHead(DetectionHead):
+class FCOSHead(OneStageHead):
     """Anchor-free one-stage detection head (FCOS), decoupled classification and box branches.
 
     Args:
@@ -110,7 +108,6 @@ class FCOSHead(DetectionHead):
         "bbox_ctrness": "box branch: centre-ness",
     }
     function = "one-stage anchor-free detection (FCOS): class scores + box + centre-ness per location, NMS"
-    export_postprocess = "batched"
 
     def __init__(self, in_spec: FeatureSpec, num_classes: int, class_names: list[str] | None = None,
                  category_ids: list[int] | None = None, levels: list[int] | None = None, width: int | None = None,
@@ -119,11 +116,7 @@ class FCOSHead(DetectionHead):
                  topk_candidates: int = 1000, prior_probability: float = 0.01, score_thresh: float = 0.2,
                  nms_thresh: float = 0.6, max_detections: int = 100) -> None:
         super().__init__(in_spec, num_classes, class_names, category_ids, score_thresh, nms_thresh, max_detections)
-        n = in_spec.num_levels
-        chosen = [i % n for i in (levels if levels is not None else range(n)) if -n <= i < n]
-        if levels is not None and (len(chosen) != len(levels) or chosen != sorted(set(chosen))):
-            raise ValueError(f"levels {levels} must be distinct levels of the source, highest resolution first; it "
-                             f"has levels 0..{n - 1} ({in_spec.describe()})")
+        chosen = chosen_levels(in_spec, levels, "head fcos")
         self.levels = chosen
         self.strides = [in_spec.strides[i] for i in chosen]
         channels = [in_spec.channels[i] for i in chosen]
@@ -214,53 +207,13 @@ class FCOSHead(DetectionHead):
                                                         reduction="sum") / positives
         return {"classification": classification, "box": box, "centerness": centerness}
 
-    @torch.no_grad()
-    def predict(self, outputs: dict[str, Any], **meta: Any) -> Detections:
-        """Per image ``{"boxes": (D, 4), "scores": (D,), "labels": (D,)}``, best first: `from_postprocessed`
-        of `postprocess` (the same code an ONNX graph with ``--nms`` runs)."""
-        return self.from_postprocessed(self.postprocess(outputs), **{**meta, "batch_size": len(outputs["cls_logits"])})
+    def class_scores(self, outputs: dict[str, Any]) -> torch.Tensor:
+        """sqrt(class probability x centre-ness) ``(B, P, K)`` (FCOS's detection score)."""
+        return torch.sqrt(outputs["cls_logits"].sigmoid() * outputs["centerness"].sigmoid()[..., None])
 
-    @torch.no_grad()
-    def postprocess(self, outputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The whole batch's detections at once, in traceable ops (exported with a dynamic batch axis).
-
-        Per image the best ``topk_candidates`` (location, class) scores, decoded, clipped, kept above
-        ``score_thresh`` and at least ``MIN_SIZE`` wide and high, then one class-wise NMS over every
-        image at once (torchvision's coordinate offset per image and class; ONNX ``NonMaxSuppression``).
-
-        Returns:
-            ``boxes (M, 4)``, ``scores (M,)``, ``labels (M,)`` (1..K) and ``batch_index (M,)`` of every
-            detection that survives NMS within its image, in decreasing score order (all images).
-        """
+    def candidate_boxes(self, outputs: dict[str, Any], location: torch.Tensor) -> torch.Tensor:
+        """The decoded boxes ``(B, k, 4)`` of locations ``(B, k)``."""
         grid = outputs["grid"]
-        scores = torch.sqrt(outputs["cls_logits"].sigmoid() * outputs["centerness"].sigmoid()[..., None])  # (B, P, K)
-        batch, locations, classes = scores.shape
-        k = min(self.topk_candidates, locations * classes)
-        top, index = scores.flatten(1).topk(k, dim=1)  # (B, k)
-        location, label = index // classes, index % classes + 1
         regression = torch.gather(outputs["box_regression"], 1, location[..., None].expand(-1, -1, 4))  # (B, k, 4)
-        location = location.reshape(-1)  # (B k,)
-        boxes = self.decode(regression.reshape(-1, 4), grid.points[location], grid.strides[location])  # (B k, 4)
-        boxes = clip_boxes_to_image(boxes, outputs["image_size"])
-        top, label = top.reshape(-1), label.reshape(-1)
-        image = torch.arange(batch, device=top.device)[:, None].expand(-1, k).reshape(-1)
-        width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        keep = torch.where((top > self.score_thresh) & (width >= MIN_SIZE) & (height >= MIN_SIZE))[0]
-        boxes, top, label, image = boxes[keep], top[keep], label[keep], image[keep]
-        keep = batched_nms(boxes, top, image * (classes + 1) + label, self.nms_thresh)
-        return {"boxes": boxes[keep], "scores": top[keep], "labels": label[keep], "batch_index": image[keep]}
-
-    def from_postprocessed(self, result: dict[str, torch.Tensor], batch_size: int | None = None,
-                           **meta: Any) -> Detections:
-        """`postprocess`'s flat detections of ``batch_size`` images -> per image ``{"boxes", "scores",
-        "labels"}``, the best ``max_detections`` first."""
-        if batch_size is None:
-            raise ValueError("FCOSHead.from_postprocessed needs batch_size (the number of images): images without "
-                             "detections are not in the flat result")
-        index = result["batch_index"]
-        found = []
-        for image in range(batch_size):
-            rows = torch.where(index == image)[0]
-            rows = rows[result["scores"][rows].argsort(descending=True, stable=True)][:self.max_detections]
-            found.append({k: result[k][rows] for k in ("boxes", "scores", "labels")})
-        return found
+        flat = location.reshape(-1)  # (B k,)
+        return self.decode(regression.reshape(-1, 4), grid.points[flat], grid.strides[flat]).reshape(*location.shape, 4)

@@ -83,11 +83,12 @@ class RoIHeads(nn.Module):
                 targets: DetectionTargets | None = None) -> dict[str, Any]:
         """Class logits ``(R, num_classes + 1)`` and deltas ``(R, 4 (num_classes + 1))`` for the R
         regions of the batch (``proposals``: per image ``(R_i, 4)``). With ``targets`` (training) the
-        regions are a balanced sample of proposals + ground-truth boxes, and their ``labels`` and
-        ``regression_targets`` are returned too."""
+        regions are a balanced sample of proposals + ground-truth boxes, and their ``labels``,
+        ``regression_targets`` and ``matched`` (``(R,)`` the index of each region's matched box in its
+        image's targets, 0 where there is none: what a mask branch learns from) are returned too."""
         out: dict[str, Any] = {}
         if targets is not None:
-            proposals, out["labels"], out["regression_targets"] = self.sample(proposals, targets)
+            proposals, out["labels"], out["regression_targets"], out["matched"] = self.sample(proposals, targets)
         levels = OrderedDict(zip(self.level_names, features))
         pooled = self.box_roi_pool(levels, proposals, tuple(image_size))  # (R, C, S, S)
         class_logits, box_regression = self.box_predictor(self.box_head(pooled))
@@ -97,10 +98,11 @@ class RoIHeads(nn.Module):
 
     @torch.no_grad()
     def sample(self, proposals: list[torch.Tensor], targets: DetectionTargets
-               ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+               ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
         """Add the ground truth to the proposals, match, and draw a balanced sample per image.
 
-        Returns the sampled regions per image, their labels ``(R,)`` and regression targets ``(R, 4)``."""
+        Returns the sampled regions per image, their labels ``(R,)``, regression targets ``(R, 4)``
+        and matched box indices ``(R,)`` (into each image's targets; 0 where there is none)."""
         proposals = [torch.cat([p, t["boxes"].to(p.dtype)]) for p, t in zip(proposals, targets)]
         labels, matched = self._match(proposals, targets)
         positive, negative = self.sampler(labels)
@@ -111,7 +113,8 @@ class RoIHeads(nn.Module):
             chosen.append(image_proposals[keep])
             chosen_labels.append(image_labels[keep])
             chosen_matches.append(image_matched[keep])
-        return chosen, torch.cat(chosen_labels), self._regression_targets(chosen, targets, chosen_matches)
+        return (chosen, torch.cat(chosen_labels), self._regression_targets(chosen, targets, chosen_matches),
+                torch.cat(chosen_matches))
 
     def _match(self, proposals: list[torch.Tensor], targets: DetectionTargets
                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
