@@ -231,7 +231,8 @@ def test_max_detections_on_a_run_without_detection_is_refused(tmp_path, cli, cap
     assert "no head of this run has it" in capsys.readouterr().err
     assert cli(["predict", str(run.path), path, "--score-thresh", "0.5"]) == 2
     assert "no head of this run has it" in capsys.readouterr().err
-    assert cli(["predict", str(run.path), path, "--score-thresh", "1.5"]) == 2
-    assert "must be in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_code:  # argparse refuses the value itself
+        cli(["predict", str(run.path), path, "--score-thresh", "1.5"])
+    assert exit_code.value.code == 2 and "must be in [0, 1]" in capsys.readouterr().err
     assert cli(["predict", str(run.path), path, "--tile", "16", "--merge", "wbf"]) == 2
     assert "drop --merge" in capsys.readouterr().err
