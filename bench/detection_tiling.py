@@ -17,8 +17,9 @@ shortens that training for a quick check) detects them in several ways, each in 
 ``max_detections`` is raised to 100,000 for every way (the default 100 would cap the whole image).
 Per way: the median time of ``--repeats`` runs, the peak resident memory above what the process held
 before (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``), the number of detections, and
-recall and precision at IoU 0.5 (each detection, best first, matched to at most one unmatched box
-of its class; scores above the head's ``score_thresh``). Results: ``bench/results/detection_tiling.json``.
+recall, precision and AP at IoU 0.5 (each detection, best first, matched to at most one unmatched
+box of its class; scores above the head's ``score_thresh``), and recall and precision of the
+detections scoring above ``SCORE`` (0.5). Results: ``bench/results/detection_tiling.json``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from common import environment, others_cores, write_json
 DEFAULT_RUN = Path("runs/bench/fcos-scenes")
 FALLBACK_RUN = Path("runs/bench/tiling-fcos")
 CAP = 100_000
+SCORE = 0.5  # recall and precision are also given for the detections scoring above this
 
 
 def peak_rss_mib() -> float:
@@ -82,14 +84,17 @@ def mosaic(run, size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return torch.cat(rows, dim=-2)[None, :, :size, :size], {"boxes": boxes[inside], "labels": labels[inside]}
 
 
-def match(found: dict[str, torch.Tensor], truth: dict[str, torch.Tensor], iou: float = 0.5) -> tuple[float, float]:
-    """Recall and precision at ``iou``: detections, best first, each take the unmatched true box of
-    their class they overlap most (if above ``iou``)."""
+def match(found: dict[str, torch.Tensor], truth: dict[str, torch.Tensor], iou: float = 0.5,
+          score: float = SCORE) -> dict[str, float]:
+    """Detections, best first, each take the unmatched true box of their class they overlap most (if
+    above ``iou``). Returns recall and precision over every detection, the same at scores above
+    ``score``, and AP at ``iou`` (area under the precision-recall curve, all-point interpolation)."""
     from torchvision.ops import box_iou
 
+    order = found["scores"].argsort(descending=True)
     free = torch.ones(len(truth["boxes"]), dtype=torch.bool)
-    hits = 0
-    for index in found["scores"].argsort(descending=True).tolist():
+    hit = torch.zeros(len(order), dtype=torch.bool)
+    for rank, index in enumerate(order.tolist()):
         candidates = torch.where(free & (truth["labels"] == int(found["labels"][index])))[0]
         if not len(candidates):
             continue
@@ -97,8 +102,18 @@ def match(found: dict[str, torch.Tensor], truth: dict[str, torch.Tensor], iou: f
         best = int(overlaps.argmax())
         if overlaps[best] >= iou:
             free[candidates[best]] = False
-            hits += 1
-    return hits / max(1, len(truth["boxes"])), hits / max(1, len(found["boxes"]))
+            hit[rank] = True
+    objects = max(1, len(truth["boxes"]))
+    true_positives = hit.double().cumsum(0)
+    recall_curve = true_positives / objects
+    precision_curve = true_positives / torch.arange(1, len(hit) + 1, dtype=torch.double)
+    envelope = precision_curve.flip(0).cummax(0).values.flip(0)
+    steps = torch.diff(recall_curve, prepend=recall_curve.new_zeros(1))
+    above = int((found["scores"][order] > score).sum())
+    return {"recall@0.5": float(hit.sum()) / objects, "precision@0.5": float(hit.sum()) / max(1, len(hit)),
+            "ap@0.5": float((steps * envelope).sum()),
+            f"recall@0.5_score>{score}": float(hit[:above].sum()) / objects,
+            f"precision@0.5_score>{score}": float(hit[:above].sum()) / max(1, above)}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -135,11 +150,10 @@ def child(args: argparse.Namespace) -> None:
             found = detect()
             times.append(time.perf_counter() - start)
         peak = peak_rss_mib() - before
-    recall, precision = match(found, truth)
+    scores = {key: round(value, 4) for key, value in match(found, truth).items()}
     print(json.dumps({"way": args.child, "seconds": round(statistics.median(times), 2), "times": times,
                       "peak_rss_above_mib": round(peak, 1), "objects": len(truth["boxes"]),
-                      "detections": len(found["boxes"]), "recall@0.5": round(recall, 4),
-                      "precision@0.5": round(precision, 4)}))
+                      "detections": len(found["boxes"]), **scores}))
 
 
 def ensure_run(path: Path | None, epochs: int | None) -> Path:
@@ -193,8 +207,9 @@ def main() -> None:
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         r = rows[-1]
         print(f"{way:<12} {r['seconds']:>8.2f} s  peak RSS +{r['peak_rss_above_mib']:>8.1f} MiB  "
-              f"{r['detections']:>6} detections  recall@0.5 {r['recall@0.5']:.4f}  "
-              f"precision@0.5 {r['precision@0.5']:.4f}  ({r['objects']} objects)", flush=True)
+              f"{r['detections']:>6} detections  recall@0.5 {r['recall@0.5']:.4f}  AP@0.5 {r['ap@0.5']:.4f}  "
+              f"score > {SCORE}: recall {r[f'recall@0.5_score>{SCORE}']:.4f} precision "
+              f"{r[f'precision@0.5_score>{SCORE}']:.4f}  ({r['objects']} objects)", flush=True)
     after = others_cores(1.0)
     print(f"(other processes used {after:.2f} cores after the runs; medians of {args.repeats} runs)")
     write_json("detection_tiling", {"environment": {**environment(), "cpu_flags": cpu_flags()}, "run": str(args.run),

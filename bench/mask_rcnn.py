@@ -146,9 +146,9 @@ def maskrcnn_ratios(eval_rows: list[dict], train_rows: list[dict]) -> list[dict[
     tv, fast = f"torchvision {TORCHVISION}", "edh mask_rcnn prepared (CL + BN folded)"
     best_train_name = min((n for n in train if n.startswith("edh") and "bf16" not in n), key=train.get)
     return [
-        ratio("edh prepared / torchvision, eval forward (2 images)", rate[fast] / rate[tv], 1.2),
+        ratio("edh prepared / torchvision, eval forward (2 images)", rate[fast] / rate[tv], 1.3),
         ratio(f"edh ({best_train_name.removeprefix('edh mask_rcnn ')}) / torchvision, train step",
-              train[tv] / train[best_train_name], 1.2),
+              train[tv] / train[best_train_name], 1.3),
         ratio("edh eager (as built) / torchvision, eval forward", rate["edh mask_rcnn eager (as built)"] / rate[tv]),
         ratio("edh prepared + bf16 / torchvision, eval forward",
               rate["edh mask_rcnn prepared + bf16 autocast"] / rate[tv]),

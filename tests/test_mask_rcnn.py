@@ -226,17 +226,8 @@ def test_pictures_and_rle_records_at_the_file_resolution(tmp_path):
 
 
 # ---- a run: export and predict over onnxruntime ---------------------------------------------------------
-def _scenes_masks() -> bool:
-    from edh.data.base import build_data
-
-    info = build_data("scenes", {"num_train": 1, "num_val": 0, "num_test": 0, "image_size": SIZE}, seed=0).info
-    return "masks" in info.targets
-
-
 @pytest.fixture(scope="module")
 def mask_run(tmp_path_factory):
-    if not _scenes_masks():
-        pytest.skip("the scenes data gives no instance masks in this checkout")
     from test_export import PYRAMID, SCENES, make_run
 
     head = {**TINY_HEAD, "num_classes": 10, "score_thresh": 0.05, "anchor_sizes": [[16], [32], [64]]}
