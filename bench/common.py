@@ -205,6 +205,19 @@ def environment() -> dict[str, Any]:
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB (Linux ``VmHWM``; NaN elsewhere)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak() -> None:
+    """Reset ``VmHWM`` to the current resident memory (Linux ``/proc/self/clear_refs``)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def write_json(name: str, data: dict[str, Any]) -> Path:
     """Write ``data`` to ``bench/results/<name>.json`` (git-ignored) and return the path."""
     RESULTS.mkdir(exist_ok=True)

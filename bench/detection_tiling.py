@@ -34,23 +34,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import environment, others_cores, write_json
+from common import environment, others_cores, peak_rss_mib, reset_peak, write_json
 
 DEFAULT_RUN = Path("runs/bench/fcos-scenes")
 FALLBACK_RUN = Path("runs/bench/tiling-fcos")
 CAP = 100_000
 SCORE = 0.5  # recall and precision are also given for the detections scoring above this
-
-
-def peak_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 def cpu_flags() -> list[str]:

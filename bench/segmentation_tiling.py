@@ -29,21 +29,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import environment, others_cores, write_json
+from common import environment, others_cores, peak_rss_mib, reset_peak, write_json
 
 DEFAULT_RUN = Path("runs/bench/decoder-unet")
 FALLBACK_RUN = Path("runs/bench/tiling-unet")
-
-
-def peak_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 def mosaic(run, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ DEMOS = [  # short schedules: all of them train and evaluate in <= 10 minutes on
     Demo("detector", "FCOS detector (ResNet-18 + FPN + FCOS head) on scenes", "detector-fcos-scenes.yaml",
          {"train.epochs": 8}),
     Demo("segmenter", "segmenter (U-Net: ResNet-18 encoder + U-Net decoder + 1x1 conv head) on scenes",
-         "unet-scenes.yaml", {"train.epochs": 4}),
+         "unet-scenes.yaml", {"train.epochs": 6}),
     Demo("autoencoder", "autoencoder (conv encoder + conv-transpose decoder, no head) on digits",
          "autoencoder-digits.yaml", {"train.epochs": 10}),
     Demo("translator", "translator (Transformer encoder-decoder + LM head) on numbers, English -> French",
