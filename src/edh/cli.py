@@ -7,11 +7,13 @@ import argparse
 import errno
 import importlib
 import logging
+import os
 import sys
 import traceback
 import warnings
 
 from edh.commands import COMMANDS
+from edh.utils.threads import THREADS_ENV, apply_threads, check_threads, set_wait_policy
 from edh.version import __version__
 
 DESCRIPTION = "edh: build, train, evaluate, explain and export models made of Encoder -> [Decoder] -> Heads."
@@ -22,13 +24,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edh", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"edh {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs and full tracebacks")
+    parser.add_argument("--threads", type=thread_count, metavar="N", help=THREADS_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"edh.commands.{name}")
         command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(command)
+        # also after the command (edh train SPEC --threads 2); SUPPRESS keeps a value given before it
+        command.add_argument("--threads", type=thread_count, metavar="N", default=argparse.SUPPRESS,
+                             help=THREADS_HELP)
         command.set_defaults(handler=module.run, items_dest=getattr(module, "ITEMS", None))
     return parser
+
+
+THREADS_HELP = (f"CPU threads torch uses (default: train.threads of a spec given to edh train, else "
+                f"${THREADS_ENV}, else the usable cores); fewer on a machine shared with other busy processes")
+
+
+def thread_count(text: str) -> int:
+    """An argparse type: a thread count (argparse names the flag and exits with code 2 otherwise)."""
+    try:
+        return check_threads(text, "it")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("it must", "must", 1)) from None
 
 
 USER_ERROR_EXIT = 2  # a user error: one paragraph (what, where, how to fix); `-v` adds the traceback
@@ -39,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit codes: 0 done; 2 a user error (the message says what, where and how to
     fix it; also for bad arguments); 130 Ctrl-C (143 SIGTERM during training), with where training
     stopped and how to resume; 1 an internal error (a bug: its traceback is shown)."""
+    set_wait_policy()  # before anything imports torch: OpenMP reads it once, when torch loads
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras and getattr(args, "items_dest", None) and not any(item.startswith("-") for item in extras):
@@ -52,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _apply_threads(args)
         return int(args.handler(args) or 0)
+    except BrokenPipeError:  # `edh list datasets | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python would complain at exit
+        return 0
     except KeyboardInterrupt as error:
         if args.verbose:
             traceback.print_exc()
@@ -66,6 +89,35 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"edh {args.command}: error: {user_message(error)}", file=sys.stderr)
         return USER_ERROR_EXIT
+
+
+def _apply_threads(args: argparse.Namespace) -> None:
+    """``--threads``, else ``train.threads`` of the spec `edh train` was given, else ``$EDH_THREADS``;
+    torch's own default (the usable cores) when none is given, without importing torch for it. An
+    explicit count is exported as ``$EDH_THREADS`` so processes edh starts (DDP ranks) follow it."""
+    threads = args.threads if args.threads is not None else _spec_threads(args)
+    if threads is None and not os.environ.get(THREADS_ENV, "").strip():
+        return
+    used = apply_threads(threads)
+    if threads is not None:
+        os.environ[THREADS_ENV] = str(used)
+    logging.getLogger("edh").debug("torch uses %d CPU threads", used)
+
+
+def _spec_threads(args: argparse.Namespace) -> int | None:
+    """``train.threads`` of the run spec given to `edh train` (None when absent; the command itself
+    reports a spec it cannot read)."""
+    if args.command != "train" or not getattr(args, "spec", None):
+        return None
+    from edh.core.errors import SpecError
+    from edh.core.spec_yaml import read_yaml
+
+    try:
+        train = read_yaml(args.spec).get("train")
+    except (SpecError, OSError):
+        return None
+    value = train.get("threads") if isinstance(train, dict) else None
+    return None if value is None else check_threads(value, f"train.threads in {args.spec}")
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -67,7 +67,12 @@ def run(args) -> int:
 
     # a folder that holds a run is refused without --force; with it, the old run is kept until the new
     # one's first checkpoint (edh.train.runner.train_run)
-    result = train_run(new_spec, out, init_from=source.model, force=args.force, source=args.spec)
+    from edh.heads.data_checks import ClassCountError
+
+    try:
+        result = train_run(new_spec, out, init_from=source.model, force=args.force, source=args.spec)
+    except ClassCountError as error:
+        raise SpecError(_fewer_classes_than_the_data(error, args)) from None
     print(f"run folder: {result.path}")
     return 0
 
@@ -80,3 +85,14 @@ def _parse_lr(text: str):
         key, _, value = item.partition("=")
         rates[key.strip()] = float(value)
     return rates
+
+
+def _fewer_classes_than_the_data(error, args) -> str:
+    """What a `ClassCountError` means for ``edh finetune``: the new head has fewer classes than the
+    data it would train on, the run's own unless ``--spec`` gives other data."""
+    name = error.head.removeprefix("model.heads.")
+    data = f"--spec {args.spec}'s data" if args.spec else f"the run's data ({error.dataset.removeprefix('the data ')})"
+    return (f"head {name!r} has {error.have} classes, but {data} has {error.need} in its {error.key!r} target "
+            f"(labels past {error.have - 1} would have no output). A finetuned run trains on the run's data "
+            "unless --spec gives another: to train fewer classes, give --spec NEW.yaml whose data: has them "
+            f"(its data:, train: and trainer: replace the run's), or keep num_classes={error.need}")

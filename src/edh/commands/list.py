@@ -18,6 +18,9 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(catalog, indent=2))
         return 0
+    if args.what:
+        print(format_role(args.what, catalog[args.what]))
+        return 0
     from rich.table import Table
 
     from edh.commands import console as make_console
@@ -35,3 +38,30 @@ def run(args) -> int:
             table.add_row(*cells)
         console.print(table)
     return 0
+
+
+def format_role(role: str, rows: list[dict], width: int | None = None) -> str:
+    """Plain text for ``edh list ROLE``: each component's name and summary, what it produces, accepts
+    and fits, then one line per option: ``name (type = default): meaning``, wrapped to ``width``
+    (the terminal's)."""
+    import shutil
+    import textwrap
+
+    width = width or max(60, min(120, shutil.get_terminal_size((100, 24)).columns))
+    out = [role]
+    for row in rows:
+        out.append("")
+        out += textwrap.wrap(f"{row['name']}: {row['summary']}", width, initial_indent="  ", subsequent_indent="    ")
+        for column in ("produces", "accepts", "requires", "fits"):
+            value = row.get(column)
+            if value:
+                text = ", ".join(value) if isinstance(value, list) else str(value)
+                out += textwrap.wrap(f"{column}: {text}", width, initial_indent="    ", subsequent_indent="      ")
+        if row["options"]:
+            out.append("    options:")
+        for name, kind in row["options"].items():
+            meaning = row.get("option_help", {}).get(name, "")
+            line = f"{name} ({kind})" if kind else name
+            out += textwrap.wrap(f"{line}: {meaning}" if meaning else line, width, initial_indent="      ",
+                                 subsequent_indent="          ", break_on_hyphens=False)
+    return "\n".join(out)

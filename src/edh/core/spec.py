@@ -47,6 +47,7 @@ SPEC_RANGES: dict[str, Range] = {
     "train.seed": SEED,
     "train.grad_clip": Range(gt=0, le=1_000_000),
     "train.checkpoint_every_n_steps": Range(ge=1, le=1_000_000_000),
+    "train.threads": Range(ge=1, le=1024),
     "data.batch_size": Range(ge=1, le=65536),
     "data.num_workers": Range(ge=0, le=256),
     "data.seed": SEED,
@@ -169,6 +170,7 @@ class TrainSpec(_Assignable, _Strict):
     compile: bool = False
     checkpoint_every_n_steps: _bounded(int | None, "train.checkpoint_every_n_steps") = None
     loss_balancing: Literal["fixed", "uncertainty"] = "fixed"
+    threads: _bounded(int | None, "train.threads") = None  # CPU threads; --threads wins; None: $EDH_THREADS / cores
 
     @field_validator("lr", mode="before")
     @classmethod

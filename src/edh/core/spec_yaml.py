@@ -146,7 +146,7 @@ def read_spec_text(path: str | Path) -> str:
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        raise SpecError(f"spec file {path} does not exist") from None
+        raise SpecError(f"spec file {path} does not exist{_close_files(path)}") from None
     except OSError as error:
         raise SpecError(f"cannot look at spec file {path}: {error.strerror or error}") from None
     if stat.S_ISDIR(info.st_mode):
@@ -178,3 +178,23 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError(f"{path} must hold a mapping (encoder/heads or model/data/train), not {type(data).__name__}")
     return data
+
+
+def _close_files(path: Path) -> str:
+    """``; did you mean ...?`` naming the files of ``path``'s folder whose names are close to its name
+    (`difflib`), or a hint when the folder itself is missing; empty when nothing is close."""
+    import difflib
+
+    folder = path.parent
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder) if entry.is_file())
+    except FileNotFoundError:
+        return f" (there is no folder {folder})"
+    except OSError:
+        return ""
+    scored = sorted(((difflib.SequenceMatcher(None, path.name, name).ratio(), name) for name in names), reverse=True)
+    close = [name for ratio, name in scored[:3] if ratio >= max(0.6, scored[0][0] - 0.1)]
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(str(folder / name) if str(folder) != "." else name
+                                          for name in close) + "?"

@@ -95,7 +95,9 @@ class ResNetEncoder(Encoder):
         layers: blocks per stage.
         in_channels: image channels (1 for grayscale, 4 for RGB+NIR...).
         width: channels of the stem; stages use width, 2x, 4x, 8x (times the block expansion).
-        weights: a local torchvision or timm weight file (``.safetensors`` / ``.pth``) to load.
+        weights: a local torchvision or timm weight file (``.safetensors`` / ``.pth``) to load, or its id
+            in a local cache: ``torchvision:ResNet50_Weights.IMAGENET1K_V2``, ``hf-hub:timm/resnet50.a1_in1k``
+            (resolved offline by `edh.utils.weight_caches`).
         zero_init_residual: start each residual branch at zero (its last BatchNorm gamma = 0).
         output_stride: the deepest level's stride: 32 (plain), 16 (layer4 dilated 2) or 8 (layer3
             dilated 2, layer4 dilated 4), as torchvision's ``replace_stride_with_dilation`` and timm's

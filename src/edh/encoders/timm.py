@@ -10,6 +10,7 @@ import torch
 from edh.encoders.base import Encoder
 from edh.core.features import FeatureSpec
 from edh.core.registry import UnknownComponentError, register_encoder
+from edh.utils.weights import check_weights_file
 
 
 @register_encoder("timm")
@@ -20,8 +21,10 @@ class TimmEncoder(Encoder):
         model_name: a timm model name (``convnext_tiny``, ``efficientnet_b0``, ``regnety_016``...).
         in_channels: image channels (timm adapts the stem, and pretrained stem weights).
         out_indices: which feature levels to return (timm's default: all).
-        weights: a local weight file for that model (``.safetensors`` / ``.pth``), loaded by timm
-            (classifier dropped, stem adapted to ``in_channels``).
+        weights: a local weight file for that model (``.safetensors`` / ``.pth``), or its id in a local
+            cache (``hf-hub:timm/resnet50.a1_in1k``, ``torchvision:ResNet50_Weights.IMAGENET1K_V2``; resolved
+            offline by `edh.utils.weight_caches`), loaded by timm (classifier dropped, stem adapted to
+            ``in_channels``).
         output_stride: the deepest level's stride, passed to ``timm.create_model``: 16 or 8 dilates
             the deepest stages of models that can (resnet*, convnext*, efficientnet*, mobilenet*...; the
             DeepLab decoders need it); a model that cannot (a ViT, Swin) is an error. Default: the model's own.
@@ -51,7 +54,8 @@ class TimmEncoder(Encoder):
         if out_indices is not None:
             kwargs["out_indices"] = tuple(out_indices)
         if weights:
-            kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
+            file = check_weights_file(weights, "encoder.weights")  # a cache id becomes its local file
+            kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(file)})
         if output_stride is not None:
             kwargs["output_stride"] = output_stride
         try:

@@ -21,6 +21,15 @@ from edh.core.errors import SpecError
 log = logging.getLogger("edh")
 
 
+class ClassCountError(SpecError):
+    """A head with fewer classes than its data's target (`check_classes`): ``head`` (its spec path),
+    ``have`` (the head's classes), ``need`` (the data's), ``dataset`` and ``key`` (the target)."""
+
+    def __init__(self, message: str, head: str, have: int, need: int, dataset: str, key: str) -> None:
+        super().__init__(message)
+        self.head, self.have, self.need, self.dataset, self.key = head, have, need, dataset, key
+
+
 @dataclass
 class DataTarget:
     """What the data says about one head's target: its key, its defaults and its class names."""
@@ -93,8 +102,8 @@ def data_target(head: Any, info: Any, tasks: tuple[str, ...], class_names_for: t
 
 
 def check_classes(head: Any, target: DataTarget | None, first: int = 0, what: str = "classes") -> None:
-    """``SpecError`` when ``head.num_classes`` is fewer than the data's classes of ``target`` (a label
-    past the head's outputs would fail mid-training); a warning when it is more (outputs never
+    """`ClassCountError` (a `SpecError`) when ``head.num_classes`` is fewer than the data's classes of
+    ``target`` (a label past the head's outputs would fail mid-training); a warning when it is more (outputs never
     labelled) or when the head's class names differ from the data's. ``first``: the first label (0, or
     1 for detection, where 0 is the background)."""
     if target is None or target.num_classes is None:
@@ -102,11 +111,11 @@ def check_classes(head: Any, target: DataTarget | None, first: int = 0, what: st
     have, need = int(head.num_classes), int(target.num_classes)
     path = head_path(head)
     if have < need:
-        raise SpecError(
+        raise ClassCountError(
             f"{path}.num_classes is {have}, but {target.dataset} has {need} {what} in its {target.key!r} target "
             f"(labels {first}..{first + need - 1}): training would stop at the first batch holding a label the "
             f"head has no output for (an IndexError mid-epoch). Set num_classes: {need} in {path}, or leave "
-            "num_classes out to take the data's"
+            "num_classes out to take the data's", path, have, need, target.dataset, target.key
         )
     if have > need:
         log.warning("%s.num_classes is %d, but %s has only %d %s in its %r target: %d outputs of the head never get "

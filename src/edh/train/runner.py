@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -128,11 +129,14 @@ def make_trainer(spec: RunSpec, run_dir: Path, callbacks: list[Any] | None = Non
 
     Its checkpoint I/O is `AtomicCheckpointIO` (``trainer.strategy.checkpoint_io``); ``last.ckpt`` is
     written at every epoch end and every ``train.checkpoint_every_n_steps`` steps (`RunCheckpoint`).
+    When stdout or stderr is not a terminal and neither sets ``enable_progress_bar``, Lightning's bar is
+    off and `edh.train.progress.PlainProgress` prints a line every ``EDH_PROGRESS_SECONDS`` (5) seconds.
     Options Lightning refuses (an accelerator this machine lacks, ``devices: 0``) are a `SpecError`."""
     import lightning as L
 
     from edh.train.callbacks import RunCheckpoint, RunFolderWriter
     from edh.train.checkpoint_io import AtomicCheckpointIO
+    from edh.train.progress import PlainProgress, wants_plain_progress
 
     check_trainer_options(spec, overrides)
     checkpoint = RunCheckpoint(run_dir, every_n_train_steps=spec.train.checkpoint_every_n_steps)
@@ -144,10 +148,14 @@ def make_trainer(spec: RunSpec, run_dir: Path, callbacks: list[Any] | None = Non
     options.update(spec.trainer)
     options.pop("enable_checkpointing", None)  # true (false was refused above): edh's RunCheckpoint
     options.update(overrides)
+    extra = list(callbacks or [])
+    if "enable_progress_bar" not in options and wants_plain_progress():
+        options["enable_progress_bar"] = False  # not a terminal: a bar redraws rarely there; plain lines
+        extra.append(PlainProgress())
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
-        return L.Trainer(callbacks=[checkpoint, RunFolderWriter(run_dir), *(callbacks or [])],
+        return L.Trainer(callbacks=[checkpoint, RunFolderWriter(run_dir), *extra],
                          plugins=[AtomicCheckpointIO()], **options)
     except (MisconfigurationException, ValueError, TypeError, ImportError) as error:
         given = {k: v for k, v in {**spec.trainer, **overrides}.items()}
@@ -250,6 +258,10 @@ def train_run(spec: RunSpec | None, run_dir: str | Path, resume: bool = False, i
             refuse_start_over(run_dir)
         if spec is None:
             raise SpecError("train_run needs a spec (or resume=True, to take the run's own)")
+        if spec.train.threads is not None and not os.environ.get("EDH_THREADS"):  # --threads / EDH_THREADS win
+            from edh.utils.threads import apply_threads
+
+            apply_threads(spec.train.threads)
         if epochs is not None:
             spec = spec.model_copy(deep=True)
             spec.train.epochs = epochs

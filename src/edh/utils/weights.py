@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from edh.utils.io import WeightsFileError, load_tensors
+from edh.utils.weight_caches import resolve_weights
 from edh.utils.tensor_checks import PathProblem, check_weights_path, non_finite_problem
 
 log = logging.getLogger("edh")
@@ -20,7 +21,10 @@ _CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.", "heads.")
 def check_weights_file(path: str | Path, where: str = "") -> Path:
     """``path`` when it is a readable regular weights file (looked at with ``stat`` first: never opens a
     FIFO); else ``FileNotFoundError`` (missing) or `WeightsFileError` saying what it is: a directory, a
-    named pipe, an empty file, a text file. ``where`` (``encoder.weights``) starts the message."""
+    named pipe, an empty file, a text file. ``where`` (``encoder.weights``) starts the message.
+    A cache id (``hf-hub:timm/resnet50.a1_in1k``, ``torchvision:ResNet50_Weights.IMAGENET1K_V2``) is first
+    resolved to its file in the local cache (`edh.utils.weight_caches`; never downloads)."""
+    path = resolve_weights(path, where)
     try:
         return check_weights_path(path, where)
     except PathProblem as problem:
@@ -63,6 +67,9 @@ def _strip(state: dict[str, torch.Tensor], own: set[str]) -> dict[str, torch.Ten
 def load_encoder_weights(module: nn.Module, path: str | Path) -> None:
     """Load a local weight file into an encoder.
 
+    ``path`` is a file, or a cache id resolved offline (``hf-hub:<repo id>``, ``torchvision:<weights>``;
+    see `edh.utils.weight_caches`).
+
     Classifier keys of a full-model file (``fc.*``, ``head.*``...), and those of stages the encoder
     does not build (its ``skipped_weight_prefixes``: a ResNet of ``depth`` 3 has no layer3, layer4),
     are skipped and logged by name.
@@ -71,7 +78,8 @@ def load_encoder_weights(module: nn.Module, path: str | Path) -> None:
     The file itself is checked by `load_tensors`: a directory, a FIFO, a text file, an edited
     safetensors header and NaN / Inf values each get their own message.
     """
-    state = load_tensors(check_weights_file(path))
+    path = check_weights_file(path)
+    state = load_tensors(path)
     own = module.state_dict()
     state = _strip(state, set(own))
     # classifier keys, and the keys of stages the encoder does not build (``skipped_weight_prefixes``)

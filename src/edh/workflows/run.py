@@ -43,7 +43,8 @@ MANIFEST = ".names.json"  # in .previous: the names of the old run's files
 RUN_FILE_PATTERNS = (SPEC_FILE, DATA_FILE, WEIGHTS_FILE, METRICS_FILE, CURVES_FILE, "*.ckpt", "tokenizer.json",
                      "confusion_matrix.png", "diagram.png", "example_*.png", "examples", "*.onnx")
 # What `edh train [SPEC] --resume RUN` may change: how long and where it trains, not what it trains.
-RESUME_MAY_CHANGE = ("train.epochs", "train.checkpoint_every_n_steps", "train.compile", "data.num_workers",
+RESUME_MAY_CHANGE = ("train.epochs", "train.checkpoint_every_n_steps", "train.compile", "train.threads",
+                     "data.num_workers",
                      "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
                      "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps")
 
