@@ -104,6 +104,14 @@ def fashion_mnist(root: str | None = None, image_size: int | None = None, val_fr
 
     The official test set is the test split; ``val_fraction`` of the training set is held out for
     validation. ``limit`` keeps only the first N training images (for quick runs).
+
+    Args:
+        root: a folder with the four IDX files (default: Debian's ``dataset-fashion-mnist`` package).
+        image_size: resize the 28x28 images to this square size (default: keep 28).
+        val_fraction: share of the training set held out for validation.
+        augment: training augmentation preset (``flip``, ``none``).
+        limit: keep only the first N training images.
+        seed: the validation split's shuffle.
     """
     files = find_fashion_files(root)
     train_images = torch.from_numpy(_read_idx(files["train"][0]).copy()).unsqueeze(1)
@@ -173,6 +181,15 @@ def image_folder(root: str, image_size: int = 224, in_channels: int = 3, val_fra
     applied; see `edh.data.files` for how 16-bit and float images are scaled), converted to
     ``in_channels`` (1: grayscale, 3: RGB, 4: RGBA) and resized to ``image_size``. The run records
     each split's files (``data_files.json``), which ``edh eval`` compares with the folder.
+
+    Args:
+        root: the folder holding one sub-folder of images per class.
+        image_size: the square size images are resized to.
+        in_channels: channels images are read as (1, 3 or 4).
+        val_fraction, test_fraction: shares of the images held out (per class, by ``seed``).
+        augment: training augmentation preset (``flip``, ``none``).
+        mean, std: normalisation per channel (default ImageNet's for RGB).
+        seed: the split's shuffle.
     """
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 

@@ -148,6 +148,14 @@ def audio_folder(path: str, transcripts: str = "transcripts.tsv", val_fraction: 
     split (e.g. held-out speakers), and the clips without one are split at random by ``seed``. Every
     file's header is checked when the data is built. The alphabet is every character of every
     transcript (all splits, so each target can be spelled), sorted.
+
+    Args:
+        path: the folder of ``.wav`` files.
+        transcripts: the TSV of ``file.wav<TAB>transcript[<TAB>split]`` lines.
+        val_fraction, test_fraction: shares of the clips without a split column held out (by ``seed``).
+        targets: ``characters`` (CTC targets) or ``tokens`` (``<bos> ... <eos>`` for a sequence decoder).
+        tokenizer_file: a saved character tokenizer to use (``targets: tokens``).
+        seed: the split's shuffle.
     """
     root = Path(path)
     if not root.is_dir():

@@ -344,6 +344,18 @@ def tsv(path: str, val_path: str | None = None, test_path: str | None = None, va
     With ``val_path`` / ``test_path`` those files are the splits; otherwise ``val_fraction`` /
     ``test_fraction`` of ``path`` are held out (shuffled by ``seed``). Bad lines are errors that
     list their line numbers (``skip_bad_lines`` turns them into a warning that lists them).
+
+    Args:
+        path: the training TSV (or the only one, split by ``val_fraction`` / ``test_fraction``).
+        val_path, test_path: separate validation / test TSVs.
+        val_fraction, test_fraction: shares of ``path`` held out when there are no such files.
+        source_column, target_column: the 0-based columns of the source and the target sentence.
+        skip_bad_lines: warn about bad lines (listed) and skip them instead of refusing the file.
+        source_language, target_language: names of the two sides (shown in reports).
+        tokenizer: ``bpe`` or ``char``; vocab_size: BPE vocabulary size.
+        tokenizer_file: a saved ``tokenizer.json`` to use instead of training one.
+        max_tokens: longer token sequences are truncated.
+        seed: the split's shuffle.
     """
     pairs = read_tsv(path, source_column, target_column, skip_bad_lines)
     if not pairs:
