@@ -1,5 +1,5 @@
 """Head types renamed between releases: old run specs keep loading under the new name (core/spec.py
-`RENAMED_HEADS`), and a current spec is read as written."""
+`edh.core.spec_migrations.RENAMED_HEADS`), and a current spec is read as written."""
 
 from __future__ import annotations
 

@@ -27,8 +27,7 @@ from torch.utils.data import Dataset
 
 from edh.core.registry import register_dataset
 from edh.data.base import DataBundle, DataInfo, split_indices
-from edh.data.coco_json import (CocoAnnotationError, CocoImage, CocoImageSizeError, count_boxes, read_coco,
-                                report_issues)
+from edh.data.coco_json import CocoAnnotationError, CocoImage, CocoImageSizeError, CocoIssue, read_coco
 from edh.data.coco_masks import decode_masks
 
 log = logging.getLogger("edh")
@@ -123,6 +122,26 @@ def collate_detection(items: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple
             values = [pad(masks) for masks in values]  # (N_i, H, W)
         targets[key] = values if key in ("boxes", "labels", "masks") else torch.stack(values)
     return images, targets
+
+
+def report_issues(issues: list[CocoIssue], source: Path, strict: bool) -> dict[str, int]:
+    """Raise (``strict``) or log a warning about bad annotations; return counts per kind."""
+    if not issues:
+        return {}
+    kinds = Counter(issue.kind or issue.reason for issue in issues)
+    summary = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+    listed = "\n".join(f"  {issue}" for issue in issues[:20])
+    more = f"\n  ... and {len(issues) - 20} more" if len(issues) > 20 else ""
+    what = "bad annotations" if any(i.annotation_id is not None for i in issues) else "missing images"
+    if strict:
+        raise CocoAnnotationError(f"{source}: {len(issues)} {what} ({summary}):\n{listed}{more}\n"
+                                  "Fix them, or set data.strict: false to skip them (they are counted and logged).")
+    log.warning("%s: skipped %d %s (%s):\n%s%s", source, len(issues), what, summary, listed, more)
+    return dict(kinds)
+
+
+def count_boxes(images: list[CocoImage]) -> int:
+    return sum(len(image.boxes) for image in images)
 
 
 @register_dataset("coco")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ import torch
 from edh.core.errors import DataError, DataItemError, EdhError
 from edh.data.base import DataFilesMissingError
 from edh.data.coco_masks import check_segmentation
+from edh.data.json_values import is_int, is_number, short, type_name
 
 log = logging.getLogger("edh")
 
@@ -100,25 +100,6 @@ class CocoIssue:
         return f"annotation {self.annotation_id} ({where}): {self.reason}"
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    """A finite int or float, not a boolean (JSON integers of any size: no float conversion)."""
-    return _is_int(value) or isinstance(value, float) and math.isfinite(value)
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
-
-
 def read_coco_json(path: str | Path) -> dict[str, Any]:
     """A COCO file's top-level JSON object (UTF-8, a byte-order mark allowed, or UTF-16 / UTF-32 with one).
 
@@ -147,7 +128,7 @@ def read_coco_json(path: str | Path) -> dict[str, Any]:
     except RecursionError:
         raise CocoAnnotationError(f"{path} is not a COCO annotation file: its JSON is nested too deeply") from None
     if not isinstance(data, dict):
-        raise CocoAnnotationError(f"{path} is not a COCO annotation file: its JSON is {_type_name(data)}, not an "
+        raise CocoAnnotationError(f"{path} is not a COCO annotation file: its JSON is {type_name(data)}, not an "
                                   "object with images, annotations and categories")
     return data
 
@@ -160,10 +141,10 @@ def _entries(data: dict[str, Any], key: str, path: Path, required: bool = True) 
         return None
     entries = data[key]
     if not isinstance(entries, list):
-        raise CocoAnnotationError(f"{path}: {key!r} is {_type_name(entries)}, not a list")
+        raise CocoAnnotationError(f"{path}: {key!r} is {type_name(entries)}, not a list")
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise CocoAnnotationError(f"{path}: {key}[{index}] is {_type_name(entry)} ({_short(entry)}), not an object")
+            raise CocoAnnotationError(f"{path}: {key}[{index}] is {type_name(entry)} ({short(entry)}), not an object")
     return entries
 
 
@@ -172,13 +153,13 @@ def _read_categories(data: dict[str, Any], path: Path) -> dict[int, str]:
     where: dict[int, int] = {}
     for index, category in enumerate(_entries(data, "categories", path) or []):
         cid, name = category.get("id"), category.get("name")
-        if not _is_int(cid):
-            raise CocoAnnotationError(f"{path}: categories[{index}] (name {_short(name)}) has id {_short(cid)}; a "
+        if not is_int(cid):
+            raise CocoAnnotationError(f"{path}: categories[{index}] (name {short(name)}) has id {short(cid)}; a "
                                       "category id must be an integer")
         if name is None:
             name = str(cid)
         elif not isinstance(name, str):
-            raise CocoAnnotationError(f"{path}: category {cid} (categories[{index}]) has name {_short(name)}; a "
+            raise CocoAnnotationError(f"{path}: category {cid} (categories[{index}]) has name {short(name)}; a "
                                       "category name must be a string")
         if cid in categories:
             raise CocoAnnotationError(f"{path}: category id {cid} is used twice: {categories[cid]!r} "
@@ -223,11 +204,11 @@ def _read_images(data: dict[str, Any], path: Path, folder: Path) -> dict[int, _I
         raise CocoAnnotationError(f"{path} lists no images")
     for index, image in enumerate(entries):
         iid, file_name = image.get("id"), image.get("file_name")
-        if not _is_int(iid):
-            raise CocoAnnotationError(f"{path}: images[{index}] (file_name {_short(file_name)}) has id {_short(iid)}; "
+        if not is_int(iid):
+            raise CocoAnnotationError(f"{path}: images[{index}] (file_name {short(file_name)}) has id {short(iid)}; "
                                       "an image id must be an integer")
         if not isinstance(file_name, str) or not file_name.strip():
-            raise CocoAnnotationError(f"{path}: image {iid} (images[{index}]) has file_name {_short(file_name)}; it "
+            raise CocoAnnotationError(f"{path}: image {iid} (images[{index}]) has file_name {short(file_name)}; it "
                                       f"must name its file, relative to the images folder {folder}")
         if iid in images:
             raise CocoAnnotationError(
@@ -239,9 +220,9 @@ def _read_images(data: dict[str, Any], path: Path, folder: Path) -> dict[int, _I
                                       f"image {iid}; its boxes would be split between them. List each file once")
         declared = {key: image[key] for key in ("width", "height") if key in image}
         for key, value in declared.items():
-            if not _is_number(value) or not 0 < value < 2 ** 31:
+            if not is_number(value) or not 0 < value < 2 ** 31:
                 raise CocoAnnotationError(
-                    f"{path}: image {iid} ({file_name}) has {key} {_short(value)}; it must be a positive number of "
+                    f"{path}: image {iid} ({file_name}) has {key} {short(value)}; it must be a positive number of "
                     "pixels (or leave width and height out: edh then reads them from the image file)")
         file = folder / file_name
         exists = file.is_file()
@@ -259,8 +240,8 @@ def _check_box(bbox: Any, width: float, height: float) -> tuple[str, str] | None
     """``(kind, reason)`` of what is wrong with a COCO ``[x, y, w, h]`` box in a ``width`` x ``height`` image."""
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
-        return "malformed bbox", f"malformed bbox {_short(bbox)} (expected [x, y, width, height], 4 numbers)"
-    if not all(_is_number(v) for v in bbox):
+        return "malformed bbox", f"malformed bbox {short(bbox)} (expected [x, y, width, height], 4 numbers)"
+    if not all(is_number(v) for v in bbox):
         return "malformed bbox", f"malformed bbox {list(bbox)} (NaN or infinite values)"
     x, y, w, h = bbox
     if w <= 0 or h <= 0:
@@ -334,23 +315,23 @@ def read_coco(annotations: str | Path, images: str | Path, label_of: dict[int, i
     with_annotations: set[int] = set()
     for index, ann in enumerate(listed or []):
         ann_id, image_id = ann.get("id"), ann.get("image_id")
-        if not _is_int(ann_id):
+        if not is_int(ann_id):
             raise CocoAnnotationError(
-                f"{annotations}: annotations[{index}] (image_id {_short(image_id)}) has id {_short(ann_id)}; every "
+                f"{annotations}: annotations[{index}] (image_id {short(image_id)}) has id {short(ann_id)}; every "
                 "annotation needs its own integer id (edh names bad annotations by it)")
-        entry = entries.get(image_id) if _is_int(image_id) else None
+        entry = entries.get(image_id) if is_int(image_id) else None
         file = entry.file_name if entry else None
         if ann_id in seen:
             first_index, first_image = seen[ann_id]
-            first_file = entries[first_image].file_name if _is_int(first_image) and first_image in entries else None
+            first_file = entries[first_image].file_name if is_int(first_image) and first_image in entries else None
             raise CocoAnnotationError(
                 f"{annotations}: annotation id {ann_id} is used twice: annotations[{first_index}] (image "
-                f"{_short(first_image)}{', ' + first_file if first_file else ''}) and annotations[{index}] (image "
-                f"{_short(image_id)}{', ' + file if file else ''}); give each annotation its own id")
+                f"{short(first_image)}{', ' + first_file if first_file else ''}) and annotations[{index}] (image "
+                f"{short(image_id)}{', ' + file if file else ''}); give each annotation its own id")
         seen[ann_id] = (index, image_id)
         issue = lambda kind, reason: issues.append(CocoIssue(ann_id, image_id, reason, kind, file))  # noqa: E731
-        if not _is_int(image_id):
-            issue("malformed image id", f"image_id {_short(image_id)} is not an integer")
+        if not is_int(image_id):
+            issue("malformed image id", f"image_id {short(image_id)} is not an integer")
             continue
         if entry is None:
             issue("unknown image", f"unknown image id {image_id} (not in images)")
@@ -360,8 +341,8 @@ def read_coco(annotations: str | Path, images: str | Path, label_of: dict[int, i
             issue("missing image file", f"image file {entry.file} is missing")
             continue
         category = ann.get("category_id")
-        if not _is_int(category):
-            issue("malformed category id", f"category_id {_short(category)} is not an integer")
+        if not is_int(category):
+            issue("malformed category id", f"category_id {short(category)} is not an integer")
             continue
         if category not in label_of:
             issue("unknown category", f"unknown category id {category!r}")
@@ -372,7 +353,7 @@ def read_coco(annotations: str | Path, images: str | Path, label_of: dict[int, i
             continue
         crowd = ann.get("iscrowd", 0)
         if crowd not in (0, 1) or not isinstance(crowd, (int, float)):  # True / False are 1 / 0
-            issue("malformed iscrowd", f"iscrowd {_short(crowd)} (expected 0 or 1)")
+            issue("malformed iscrowd", f"iscrowd {short(crowd)} (expected 0 or 1)")
             continue
         if crowd:
             ignored["crowd"] += 1
@@ -405,23 +386,3 @@ def read_coco(annotations: str | Path, images: str | Path, label_of: dict[int, i
             f"none of the {len(entries)} images listed in {annotations} is in {folder} (e.g. "
             f"{', '.join(map(str, missing))}); is data.images the folder their file_name is relative to?")
     return CocoRead(found, issues, ignored, names, label_of, None if listed is None else len(listed))
-
-
-def report_issues(issues: list[CocoIssue], source: Path, strict: bool) -> dict[str, int]:
-    """Raise (``strict``) or log a warning about bad annotations; return counts per kind."""
-    if not issues:
-        return {}
-    kinds = Counter(issue.kind or issue.reason for issue in issues)
-    summary = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
-    listed = "\n".join(f"  {issue}" for issue in issues[:20])
-    more = f"\n  ... and {len(issues) - 20} more" if len(issues) > 20 else ""
-    what = "bad annotations" if any(i.annotation_id is not None for i in issues) else "missing images"
-    if strict:
-        raise CocoAnnotationError(f"{source}: {len(issues)} {what} ({summary}):\n{listed}{more}\n"
-                                  "Fix them, or set data.strict: false to skip them (they are counted and logged).")
-    log.warning("%s: skipped %d %s (%s):\n%s%s", source, len(issues), what, summary, listed, more)
-    return dict(kinds)
-
-
-def count_boxes(images: list[CocoImage]) -> int:
-    return sum(len(image.boxes) for image in images)

@@ -15,20 +15,12 @@ segmentations into ``(N, H, W)`` uint8 masks through ``pycocotools.mask`` (``frP
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+from edh.data.json_values import is_number, short
 
 
 def _is_count(value: Any) -> bool:
@@ -65,8 +57,8 @@ def _check_polygons(polygons: list, width: float, height: float) -> tuple[str, s
         return "malformed segmentation", "empty segmentation [] (no polygon)"
     xs, ys = [], []
     for index, polygon in enumerate(polygons):
-        if not isinstance(polygon, list) or not all(_is_number(v) for v in polygon):
-            return "malformed segmentation", (f"segmentation polygon {index} is {_short(polygon)}; a polygon is a "
+        if not isinstance(polygon, list) or not all(is_number(v) for v in polygon):
+            return "malformed segmentation", (f"segmentation polygon {index} is {short(polygon)}; a polygon is a "
                                               "list of numbers [x1, y1, x2, y2, ...] (finite, no booleans)")
         if len(polygon) < 6 or len(polygon) % 2:
             return "malformed segmentation", (f"segmentation polygon {index} has {len(polygon)} values; a polygon "
@@ -82,18 +74,18 @@ def _check_polygons(polygons: list, width: float, height: float) -> tuple[str, s
 def _check_rle(rle: dict, width: float, height: float) -> tuple[str, str] | None:
     size, counts = rle.get("size"), rle.get("counts")
     if not (isinstance(size, list) and len(size) == 2 and all(_is_count(v) for v in size)):
-        return "malformed segmentation", f"RLE size {_short(size)} (expected [height, width], 2 integers)"
+        return "malformed segmentation", f"RLE size {short(size)} (expected [height, width], 2 integers)"
     if tuple(size) != (round(height), round(width)):
         return "malformed segmentation", (f"RLE size {size} is not its image's [height, width] "
                                           f"[{height:g}, {width:g}]")
     if isinstance(counts, str):
         runs = rle_string_counts(counts)
         if runs is None:
-            return "malformed segmentation", f"RLE counts {_short(counts)} is not a compressed RLE string"
+            return "malformed segmentation", f"RLE counts {short(counts)} is not a compressed RLE string"
     elif isinstance(counts, list) and all(_is_count(v) for v in counts):
         runs = counts
     else:
-        return "malformed segmentation", (f"RLE counts {_short(counts)}; expected run lengths (a list of "
+        return "malformed segmentation", (f"RLE counts {short(counts)}; expected run lengths (a list of "
                                           "non-negative integers) or a compressed RLE string")
     if any(run < 0 for run in runs) or sum(runs) != size[0] * size[1]:
         return "malformed segmentation", (f"RLE runs add up to {sum(runs)} pixels (or hold a negative run), "
@@ -111,7 +103,7 @@ def check_segmentation(segmentation: Any, width: float, height: float) -> tuple[
         return _check_polygons(segmentation, width, height)
     if isinstance(segmentation, dict):
         return _check_rle(segmentation, width, height)
-    return "malformed segmentation", (f"segmentation {_short(segmentation)}; expected polygons (a list of "
+    return "malformed segmentation", (f"segmentation {short(segmentation)}; expected polygons (a list of "
                                       "[x1, y1, x2, y2, ...] lists) or an RLE object {size, counts}")
 
 

@@ -96,6 +96,12 @@ def is_dense(head: Any) -> bool:
     return getattr(head, "tiling", None) == "blend"
 
 
+def merges_boxes(head: Any) -> bool:
+    """Whether ``head`` predicts boxes that tiles merge (``tiling`` ``"boxes"``): its ``predict`` runs per
+    tile, and its caps hold per tile and again for the whole image."""
+    return getattr(head, "tiling", None) == "boxes"
+
+
 def untileable(tasks: dict[str, Any]) -> list[str]:
     """The names of the heads in ``tasks`` that cannot run on tiles (no known ``tiling``)."""
     return [name for name, head in tasks.items() if getattr(head, "tiling", None) not in TILINGS]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from edh.data.base import DataBundle, DataInfo, build_data
 from edh.utils.io import FolderLock, atomic_write_text, remove_stale_temp_files
+from edh.utils.threads import apply_spec_threads
 from edh.core.builder import option_names
 from edh.core.registry import lookup
 from edh.workflows.run import (CKPT_FILE, METRICS_FILE, WEIGHTS_FILE, Run, check_resume_spec, check_writable,
@@ -258,10 +258,7 @@ def train_run(spec: RunSpec | None, run_dir: str | Path, resume: bool = False, i
             refuse_start_over(run_dir)
         if spec is None:
             raise SpecError("train_run needs a spec (or resume=True, to take the run's own)")
-        if spec.train.threads is not None and not os.environ.get("EDH_THREADS"):  # --threads / EDH_THREADS win
-            from edh.utils.threads import apply_threads
-
-            apply_threads(spec.train.threads)
+        apply_spec_threads(spec.train.threads)
         if epochs is not None:
             spec = spec.model_copy(deep=True)
             spec.train.epochs = epochs

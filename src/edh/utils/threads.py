@@ -88,3 +88,9 @@ def apply_threads(threads: int | None = None) -> int:
     except RuntimeError:
         log.debug("inter-op threads already started; left at %d", torch.get_num_interop_threads())
     return torch.get_num_threads()
+
+
+def apply_spec_threads(threads: int | None) -> None:
+    """A run spec's ``train.threads``, unless ``$EDH_THREADS`` is set (``--threads`` exports it: both win)."""
+    if threads is not None and not os.environ.get(THREADS_ENV, "").strip():
+        apply_threads(threads)

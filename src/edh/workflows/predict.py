@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from edh.ops.tiling import predictions_of
+from edh.ops.tiling import merges_boxes, predictions_of
 from edh.workflows.inputs import reader_for
 from edh.workflows.run import Run
 
@@ -145,7 +145,7 @@ def say_prediction_settings(tasks: dict[str, Any], tiled: bool = False) -> None:
         if not values:
             continue
         text = ", ".join(f"{key} {value}" for key, value in values.items())
-        if tiled and getattr(head, "tiling", None) == "boxes":
+        if tiled and merges_boxes(head):
             text += " (on tiles: per tile, then for the whole image after merging)"
         log.info("head %r predicts with %s", name, text)
 
@@ -229,7 +229,7 @@ def tiled_call(run: Run, model: Any, tasks: dict[str, Any], tile: int | None, ov
     if merge is not None:
         if merge not in MERGES:
             raise ValueError(f"--merge is one of {', '.join(MERGES)}, got {merge!r}")
-        if not any(getattr(head, "tiling", None) == "boxes" for head in tasks.values()):
+        if not any(merges_boxes(head) for head in tasks.values()):
             raise ValueError(f"--merge merges detections across tiles, but no head of {run.path} gives boxes "
                              "(tiling 'boxes'): drop --merge")
     if tiles_per_batch < 1:
