@@ -65,6 +65,12 @@ def predict_inputs(run: Run, items: list[Any], out_dir: str | Path | None = None
     from edh.workflows.data_check import check_run_info
 
     check_run_info(run, allow_changed_data)
+    from edh.ops.generation import generates
+
+    if generates(run.model):
+        raise ValueError(f"{run.path} generates text step by step (a translator, captioner or speech model with a "
+                         "sequence decoder): predict with edh.workflows.translate.Translator(run).translate(sentences) "
+                         "or .describe_files(image or audio files), as `edh predict` does")
     reader = reader_for(run)
     model = run.model.eval()
     tasks = model.tasks()
