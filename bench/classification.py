@@ -8,7 +8,11 @@ timm also in channels_last; edh runs as built, then as `edh.utils.perf.Inference
 predict / eval`` with ``--fast`` (channels_last + BatchNorm folded), ``--bf16`` (bf16 autocast on
 top), ``--compile`` (torch.compile with inductor's freezing pass, compiled before timing) and both;
 also with bf16 weights and a bf16 input (`prepare_for_inference(dtype=torch.bfloat16)`; that row alone
-gets the batch already in bf16). Every other contender gets the same contiguous fp32 batch and converts
+gets the batch already in bf16). The peers also run under their own bf16: timm and torchvision
+channels_last under bf16 autocast, and timm with bf16 weights (``model.to(torch.bfloat16)``, batch cast
+to bf16 inside the step), each checked against its fp32 output first. ``pct_of_peak``: the median
+forward's GFLOP/s (FLOPs from ``torch.utils.flop_counter``) as a % of this machine's matmul peak of
+the row's precision (`common.matmul_peak_gflops`, fp32 or bf16). Every other contender gets the same contiguous fp32 batch and converts
 it inside the timed step, as a real input pipeline would.
 Train step: batch 16, 128x128, SGD (momentum 0.9) + cross-entropy, train mode, each model contiguous
 and channels_last. All contenders of a group are timed round-robin (see `common.measure`), medians
@@ -23,8 +27,9 @@ from typing import Any
 import timm
 import torch
 import torchvision
-from common import (Contender, apply_threads, base_parser, environment, format_ratio, forward_step, measure,
-                    noisy_warning, print_table, ratio, seed_everything, sgd_train_step, summarize, write_json)
+from common import (Contender, add_percent_of_peak, apply_threads, base_parser, check_bf16_agrees, environment,
+                    format_ratio, forward_flops, forward_step, matmul_peak_gflops, measure, noisy_warning, print_table,
+                    ratio, seed_everything, sgd_train_step, summarize, write_json)
 
 import edh
 from edh.utils.perf import InferenceModel, prepare_for_inference
@@ -36,7 +41,19 @@ FAST = "edh --fast (InferenceModel: CL + BN folded)"
 BF16 = "edh --bf16 (--fast + bf16 autocast)"
 COMPILED = "edh --compile (--fast + torch.compile, freezing)"
 COMPILED_BF16 = "edh --compile --bf16"
+TIMM_BF16, TIMM_BF16_WEIGHTS, TV_BF16 = ("timm channels_last + bf16 autocast", "timm channels_last, bf16 weights",
+                                        "torchvision channels_last + bf16 autocast")
 COLUMNS = ["name", "items_per_s", "ms_per_step", "best_items_per_s", "quiet_samples"]
+FORWARD_COLUMNS = COLUMNS + ["pct_of_peak", "peak"]
+
+
+def bf16_input_step(model: torch.nn.Module, images: torch.Tensor) -> Any:
+    """A forward of a bf16-weight peer: the fp32 batch cast to bf16 channels_last inside the step."""
+    def step() -> Any:
+        with torch.inference_mode():
+            return model(images.to(torch.bfloat16, memory_format=torch.channels_last))
+
+    return step
 
 
 def build(kind: str, arch: str) -> torch.nn.Module:
@@ -52,6 +69,8 @@ def build(kind: str, arch: str) -> torch.nn.Module:
 def forward_contenders(arch: str, images: torch.Tensor) -> list[Contender]:
     timm_model, tv_model, edh_model = (build(k, arch).eval() for k in ("timm", "torchvision", "edh"))
     timm_cl = build("timm", arch).eval().to(memory_format=torch.channels_last)
+    tv_cl = build("torchvision", arch).eval().to(memory_format=torch.channels_last)
+    timm_bf16_weights = build("timm", arch).eval().to(torch.bfloat16, memory_format=torch.channels_last)
     edh_cl = prepare_for_inference(edh_model, fold_bn=False)
     fast, fast_bf16 = InferenceModel(edh_model), InferenceModel(edh_model, bf16=True)
     compiled, compiled_bf16 = InferenceModel(edh_model, compile=True), InferenceModel(edh_model, bf16=True, compile=True)
@@ -60,8 +79,16 @@ def forward_contenders(arch: str, images: torch.Tensor) -> list[Contender]:
         reference = edh_model(images)["label"]
         errors = {name: (model(images)["label"] - reference).abs().max().item() for name, model in
                   (("--fast", fast), ("--bf16", fast_bf16), ("--compile", compiled), ("--compile --bf16", compiled_bf16))}
+        timm_reference, tv_reference = timm_model(images), tv_model(images)
+        peer_errors = {name: check_bf16_agrees(name, step(), fp32) for name, step, fp32 in (
+            (TIMM_BF16, forward_step(timm_cl, images, True, bf16=True), timm_reference),
+            (TIMM_BF16_WEIGHTS, bf16_input_step(timm_bf16_weights, images), timm_reference),
+            (TV_BF16, forward_step(tv_cl, images, True, bf16=True), tv_reference))}
+        errors["--bf16 (x std)"] = check_bf16_agrees(BF16, fast_bf16(images)["label"], reference)
     assert errors["--fast"] < 1e-3 and errors["--compile"] < 1e-3, f"prepared edh model differs from eager: {errors}"
     assert compiled.compiled and compiled_bf16.compiled, "torch.compile fell back to eager"
+    print(f"{arch}: peers' bf16, max |diff| to their fp32 / std: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in peer_errors.items()), flush=True)
     print(f"{arch}: max |diff| to eager " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
           + f" (logits std {reference.std().item():.2f})", flush=True)
     n = images.shape[0]
@@ -69,6 +96,12 @@ def forward_contenders(arch: str, images: torch.Tensor) -> list[Contender]:
         Contender("timm (default)", forward_step(timm_model, images), n, {"memory_format": "contiguous"}),
         Contender("timm channels_last", forward_step(timm_cl, images, True), n, {"memory_format": "channels_last"}),
         Contender("torchvision (default)", forward_step(tv_model, images), n, {"memory_format": "contiguous"}),
+        Contender(TIMM_BF16, forward_step(timm_cl, images, True, bf16=True), n,
+                  {"memory_format": "channels_last", "dtype": "bf16 autocast"}),
+        Contender(TIMM_BF16_WEIGHTS, bf16_input_step(timm_bf16_weights, images), n,
+                  {"memory_format": "channels_last", "dtype": "bf16 weights and input"}),
+        Contender(TV_BF16, forward_step(tv_cl, images, True, bf16=True), n,
+                  {"memory_format": "channels_last", "dtype": "bf16 autocast"}),
         Contender("edh eager (as built)", forward_step(edh_model, images), n, {"memory_format": "contiguous"}),
         Contender("edh channels_last, BN kept", forward_step(edh_cl, images, True), n,
                   {"memory_format": "channels_last"}),
@@ -109,6 +142,9 @@ def ratios(forward_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]])
             ("edh --fast / timm channels_last, forward", fast / forward["timm channels_last"], 1.0),
             (f"edh train ({edh_name}) / best peer ({peer_name})", edh_train / peer_train, 1.0),
             ("edh --bf16 / edh --fast (fp32), forward", forward[BF16] / fast, 1.9),
+            ("edh --bf16 / timm channels_last + bf16 autocast, forward", forward[BF16] / forward[TIMM_BF16], 1.3),
+            ("edh --bf16 / timm bf16 weights, forward", forward[BF16] / forward[TIMM_BF16_WEIGHTS], 1.3),
+            ("edh --bf16 / torchvision bf16 autocast, forward", forward[BF16] / forward[TV_BF16], 1.3),
             ("edh bf16 weights, bf16 input / edh --fast (fp32), forward",
              forward["edh bf16 weights, bf16 input"] / fast, None),
             ("edh --compile / edh --fast, forward", forward[COMPILED] / fast, None),
@@ -132,8 +168,11 @@ def main() -> None:
     threads = apply_threads(args.threads)
     repeats, forward_calls, train_calls = (2, 1, 1) if args.quick else (args.repeats, 2, 1)
     env = environment()
+    peaks = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+    env["matmul_peak_gflops"] = peaks
     print(f"torch {env['torch']}, {threads} threads (torch.get_num_threads), {env['cpu']}; "
-          f"{repeats} round-robin repeats, medians", flush=True)
+          f"{repeats} round-robin repeats, medians; flags {' '.join(env['cpu_flags'])}; oneDNN {env['onednn']}; "
+          f"matmul peak fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
     seed_everything(0)
     images = torch.randn(FORWARD_BATCH, 3, FORWARD_SIZE, FORWARD_SIZE)
     train_images = torch.randn(TRAIN_BATCH, 3, TRAIN_SIZE, TRAIN_SIZE)
@@ -147,7 +186,8 @@ def main() -> None:
         contenders = forward_contenders(arch, images)
         samples = measure(contenders, repeats, forward_calls, warmup=2, max_wait=args.max_wait)
         forward_rows = summarize(contenders, samples)
-        print_table(forward_rows, COLUMNS, f"\n{arch} forward, batch {FORWARD_BATCH}, {FORWARD_SIZE}x{FORWARD_SIZE} "
+        add_percent_of_peak(forward_rows, forward_flops(build("edh", arch).eval(), images[:1]), peaks)
+        print_table(forward_rows, FORWARD_COLUMNS, f"\n{arch} forward, batch {FORWARD_BATCH}, {FORWARD_SIZE}x{FORWARD_SIZE} "
                                            "(items = images)")
         if noisy_warning(forward_rows):
             print(noisy_warning(forward_rows))

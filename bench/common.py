@@ -192,17 +192,120 @@ def noisy_warning(rows: list[dict[str, Any]]) -> str | None:
     return f"WARNING: other processes were busy; medians of all samples for: {', '.join(noisy)}" if noisy else None
 
 
-def environment() -> dict[str, Any]:
-    """What the numbers depend on: versions, threads, CPU."""
-    cpu = platform.processor() or platform.machine()
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
+             "asimd", "bf16", "sve", "sve2")
+"""The CPU features the bf16 / fp32 numbers hinge on (x86: AVX2, AVX-512, AVX-512-BF16, AMX; ARM: NEON
+("asimd"), BF16, SVE), as ``/proc/cpuinfo`` spells them."""
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU model and which of `CPU_FLAGS` it has, from ``/proc/cpuinfo`` (Linux; model only elsewhere)."""
+    model, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model") and model in (platform.processor(), platform.machine()):
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
         pass
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu,
+    return {"cpu": model, "cpu_flags": [flag for flag in CPU_FLAGS if flag in flags]}
+
+
+def torch_build() -> dict[str, Any]:
+    """The oneDNN (MKL-DNN) and MKL versions torch was built with, parsed from ``torch.__config__.show()``."""
+    import re
+
+    shown = torch.__config__.show()
+    onednn = re.search(r"MKL-DNN v([\w.]+)", shown)
+    mkl = re.search(r"Math Kernel Library Version ([\w.]+)", shown)
+    capability = re.search(r"CPU capability usage: (\w+)", shown)
+    return {"onednn": onednn.group(1) if onednn and torch.backends.mkldnn.is_available() else None,
+            "mkl": mkl.group(1) if mkl and torch.backends.mkl.is_available() else None,
+            "cpu_capability": capability.group(1) if capability else None}
+
+
+def environment() -> dict[str, Any]:
+    """What the numbers depend on: versions (torch, oneDNN, MKL), threads, CPU model and flags."""
+    return {"torch": torch.__version__, **torch_build(), "threads": torch.get_num_threads(), **cpu_info(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def matmul_peak_gflops(dtype: torch.dtype = torch.float32, size: int = 1024, seconds: float = 0.5) -> float:
+    """The machine's attainable matmul rate in GFLOP/s for ``dtype``, at the current thread count.
+
+    Times square ``size`` x ``size`` matmuls (2 * size**3 FLOPs each, oneDNN / MKL underneath) for about
+    ``seconds`` and keeps the best call, so a busy moment lowers the figure less than a mean would. The
+    "% of peak" figures divide a model's achieved GFLOP/s by this; for bf16 it is the AMX / AVX-512-BF16
+    rate where the CPU has them, so a bf16 forward is judged against what bf16 can reach here.
+    """
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    with torch.inference_mode():
+        for _ in range(3):
+            torch.mm(a, b)
+        best, end = float("inf"), time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def percent_of_peak(flops: float, seconds: float, peak_gflops: float) -> float:
+    """What share (%) of ``peak_gflops`` a step doing ``flops`` FLOPs in ``seconds`` achieves."""
+    return 100 * flops / seconds / 1e9 / peak_gflops
+
+
+def forward_flops(model: torch.nn.Module, *inputs: Any) -> int:
+    """FLOPs of one ``model(*inputs)`` forward, counted by ``torch.utils.flop_counter`` (2 per multiply-add;
+    convolutions and matmuls, which is where a CNN's time goes)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(*inputs)
+    return counter.get_total_flops()
+
+
+def max_abs_diff(a: Any, b: Any) -> float:
+    """The largest ``|a - b|`` over two outputs (tensors, or dicts / lists / tuples of them), in float32."""
+    if isinstance(a, torch.Tensor):
+        return (a.float() - b.float()).abs().max().item() if a.numel() else 0.0
+    if isinstance(a, dict):
+        return max((max_abs_diff(a[k], b[k]) for k in a), default=0.0)
+    if isinstance(a, (list, tuple)):
+        return max((max_abs_diff(x, y) for x, y in zip(a, b)), default=0.0)
+    return 0.0
+
+
+def check_bf16_agrees(name: str, output: torch.Tensor, reference: torch.Tensor, tolerance: float = 0.1) -> float:
+    """Assert a bf16 run's ``output`` matches its fp32 ``reference`` within bf16 tolerance, before timing.
+
+    The bound is relative to the reference's spread (``max|diff| <= tolerance * std``): bf16 keeps 8
+    mantissa bits, so a whole network drifts by a few percent of its output scale, not more.
+
+    Returns:
+        ``max|diff| / std``, for the bench to print.
+    """
+    relative = max_abs_diff(output, reference) / max(reference.float().std().item(), 1e-12)
+    if relative > tolerance:
+        raise AssertionError(f"{name}: bf16 output differs from its fp32 run by {relative:.3f} x std "
+                             f"(allowed {tolerance}); the bf16 path computes something else")
+    return relative
+
+
+def add_percent_of_peak(rows: list[dict[str, Any]], flops_per_item: float, peaks: dict[str, float]) -> None:
+    """Give each row ``pct_of_peak``: its median items/s x ``flops_per_item`` as a % of the matmul peak of
+    its precision (``peaks["bf16"]`` for rows whose ``dtype`` mentions bf16, else ``peaks["fp32"]``; see
+    `matmul_peak_gflops`), and ``peak`` naming which."""
+    for row in rows:
+        precision = "bf16" if "bf16" in str(row.get("dtype", "")) else "fp32"
+        row["pct_of_peak"] = percent_of_peak(flops_per_item * row["items_per_s"], 1.0, peaks[precision])
+        row["peak"] = precision
 
 
 def peak_rss_mib() -> float:

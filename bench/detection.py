@@ -9,6 +9,12 @@ so both find the same boxes and do the same post-processing work. Inputs: 2 imag
 [0, 1]; torchvision normalises them inside its model, edh's timed step normalises them too.
 - eval: one forward of the 2 images including post-processing (NMS), ``torch.inference_mode``; edh
   as built, and through `edh.utils.perf.prepare_for_inference` (channels_last + BatchNorm folded).
+  bf16: torchvision under its own bf16 autocast against edh ``--bf16`` (`edh.utils.perf.InferenceModel`
+  with ``bf16=True``: bf16 weights, channels_last, BatchNorm folded, autocast); target edh ``--bf16``
+  >= 1.3x torchvision bf16. Before timing, torchvision's bf16 R50-FPN features must be within
+  ``BF16_FEATURE_TOLERANCE`` of its fp32 ones (``|diff| / |fp32|`` per level; about 0.01 seen). The share
+  of torchvision's fp32 boxes each bf16 run still finds is printed, not asserted: with random weights
+  the 100 kept detections per image are near-ties in score, which bf16's rounding reorders.
 - train step: forward with 3 boxes per image, the four losses, backward, SGD step (lr 0.01 momentum
   0.9, the default torchvision trainer); BatchNorm trains in both (torchvision uses plain BatchNorm
   when built without weights). edh contiguous, channels_last, and (a separate row, not the fp32
@@ -29,17 +35,19 @@ from typing import Any, Callable
 
 import torch
 import torchvision
-from common import (Contender, apply_threads, base_parser, environment, format_ratio, measure, print_table, ratio,
-                    seed_everything, summarize, write_json)
+from common import (Contender, apply_threads, base_parser, environment, format_ratio, matmul_peak_gflops, measure,
+                    print_table, ratio, seed_everything, summarize, write_json)
 
 import edh
 from edh.compat.torchvision_detection import fasterrcnn_resnet50_fpn_spec, load_fasterrcnn_weights
-from edh.utils.perf import autocast, prepare_for_inference, to_channels_last
+from edh.utils.perf import InferenceModel, autocast, prepare_for_inference, to_channels_last
 
 BATCH = 2
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 COLUMNS = ["name", "items_per_s", "ms_per_step", "min_items_per_s", "max_items_per_s"]
 HEAD = "detections"
+BF16_FEATURE_TOLERANCE = 0.05
+TV_BF16, EDH_BF16 = "torchvision fasterrcnn_resnet50_fpn bf16 autocast", "edh faster_rcnn --bf16 (InferenceModel)"
 
 
 def torchvision_detector(name: str, size: int) -> torch.nn.Module:
@@ -67,11 +75,11 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return (images - MEAN) / STD
 
 
-def torchvision_eval(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], Any]:
+def torchvision_eval(model: torch.nn.Module, images: torch.Tensor, bf16: bool = False) -> Callable[[], Any]:
     model.eval()
 
     def step() -> Any:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast("cpu", enabled=bf16):
             return model(list(images))
 
     return step
@@ -165,23 +173,38 @@ def fasterrcnn_groups(size: int, repeats: int, calls: int) -> tuple[dict[str, An
     images = torch.rand(BATCH, 3, size, size)
     reference = torchvision_detector("fasterrcnn_resnet50_fpn", size)
     ours = edh_fasterrcnn(reference)
-    prepared = prepare_for_inference(ours)
+    prepared, edh_bf16 = prepare_for_inference(ours), InferenceModel(ours, bf16=True)
     steps = {"torchvision": torchvision_eval(reference, images), "edh eager": edh_eval(ours, images),
-             "edh prepared": edh_eval(prepared, images, channels_last=True)}
+             "edh prepared": edh_eval(prepared, images, channels_last=True),
+             "torchvision bf16": torchvision_eval(reference, images, bf16=True),
+             "edh --bf16": edh_eval(edh_bf16, images)}
     results = {name: step() for name, step in steps.items()}
+    with torch.inference_mode():
+        features = reference.backbone(normalise(images))
+        with autocast("cpu"):
+            bf16_features = reference.backbone(normalise(images))
+    drift = {level: ((bf16_features[level].float() - fp32).norm() / fp32.norm()).item()
+             for level, fp32 in features.items()}
+    print("torchvision bf16 autocast R50-FPN features, |diff| / |fp32| per level: "
+          + ", ".join(f"{level} {value:.3f}" for level, value in drift.items()), flush=True)
+    assert max(drift.values()) <= BF16_FEATURE_TOLERANCE, (
+        f"torchvision's bf16 autocast R50-FPN features differ from fp32 by {drift} (|diff| / |fp32|, allowed "
+        f"{BF16_FEATURE_TOLERANCE}): the bf16 path computes something else")
     checks = {name: check_same_detections(results["torchvision"], results[name], f"{name} vs torchvision")
-              for name in ("edh eager", "edh prepared")}
+              for name in ("edh eager", "edh prepared", "torchvision bf16", "edh --bf16")}
     contenders = [
         Contender("torchvision fasterrcnn_resnet50_fpn", steps["torchvision"], BATCH, {"kind": "torchvision"}),
         Contender("edh faster_rcnn eager (as built)", steps["edh eager"], BATCH, {"kind": "edh"}),
         Contender("edh faster_rcnn prepared (CL + BN folded)", steps["edh prepared"], BATCH, {"kind": "edh"}),
         Contender("edh faster_rcnn prepared + bf16 autocast", edh_eval(prepared, images, True, bf16=True), BATCH,
                   {"kind": "edh", "dtype": "bf16 autocast"}),
+        Contender(TV_BF16, steps["torchvision bf16"], BATCH, {"kind": "torchvision", "dtype": "bf16 autocast"}),
+        Contender(EDH_BF16, steps["edh --bf16"], BATCH, {"kind": "edh", "dtype": "bf16 autocast, bf16 weights"}),
     ]
     eval_rows = summarize(contenders, measure(contenders, repeats, calls, warmup=1))
     print_table(eval_rows, COLUMNS, f"\nFaster R-CNN R50-FPN eval forward + post-processing, batch {BATCH}, "
                                     f"{size}x{size} (items = images)")
-    del contenders, steps, prepared, ours, reference
+    del contenders, steps, prepared, edh_bf16, ours, reference
     gc.collect()
     targets = targets_for(size)
     contenders = [
@@ -203,7 +226,7 @@ def fasterrcnn_groups(size: int, repeats: int, calls: int) -> tuple[dict[str, An
                                      f"{BATCH}, {size}x{size} (items = images)")
     del contenders
     gc.collect()
-    return {"eval": eval_rows, "train": train_rows, "detection_checks": checks}, fasterrcnn_ratios(eval_rows, train_rows)
+    return {"eval": eval_rows, "train": train_rows, "detection_checks": checks, "bf16_feature_drift": drift}, fasterrcnn_ratios(eval_rows, train_rows)
 
 
 def fasterrcnn_ratios(eval_rows: list[dict], train_rows: list[dict]) -> list[dict[str, Any]]:
@@ -221,6 +244,7 @@ def fasterrcnn_ratios(eval_rows: list[dict], train_rows: list[dict]) -> list[dic
         ratio("edh eager (as built) / torchvision, eval forward", rate["edh faster_rcnn eager (as built)"] / rate[tv]),
         ratio("edh prepared + bf16 / torchvision, eval forward",
               rate["edh faster_rcnn prepared + bf16 autocast"] / rate[tv]),
+        ratio("edh --bf16 / torchvision bf16 autocast, eval forward", rate[EDH_BF16] / rate[TV_BF16], 1.3),
         ratio("edh bf16 autocast / torchvision fp32, train step", train[tv] / train["edh faster_rcnn bf16 autocast"]),
     ]
 
@@ -253,6 +277,7 @@ def main() -> None:
     threads = apply_threads(args.threads)
     repeats, calls = (2, 1) if args.quick else (args.repeats, 1)
     env = environment()
+    env["matmul_peak_gflops"] = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
     print(f"torch {env['torch']}, torchvision {torchvision.__version__}, {threads} threads, {env['cpu']}; "
           f"{repeats} round-robin repeats, medians", flush=True)
     fasterrcnn, ratios = fasterrcnn_groups(args.size, repeats, calls)

@@ -13,7 +13,11 @@ build them) or where DPT's readout differs (docs/segmentation.md).
 Forward: batch 4, 256x256, eval, ``torch.inference_mode()``. smp runs with its defaults
 (contiguous) and in channels_last; edh runs through `edh.utils.perf.prepare_for_inference`
 (channels_last + BatchNorm folded). Channels_last contenders get the same contiguous batch and
-convert it inside the timed step.
+convert it inside the timed step. bf16: smp channels_last under bf16 autocast and smp with bf16 weights
+(``model.to(torch.bfloat16)``, the batch cast inside the step) against edh ``--bf16``
+(`edh.utils.perf.InferenceModel` with ``bf16=True``), each checked against its fp32 output first;
+target edh ``--bf16`` >= 1.3x either. ``pct_of_peak``: a forward's GFLOP/s (``torch.utils.flop_counter``)
+as a % of the machine's matmul peak of its precision (`common.matmul_peak_gflops`).
 Train step: batch 4, 256x256, SGD (momentum 0.9) + cross-entropy, train mode, smp contiguous and
 channels_last, edh channels_last (``train.channels_last: true``).
 Targets (issue 15, for each architecture): forward and train step >= 1.2x smp default and
@@ -29,15 +33,19 @@ from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
-from common import (Contender, apply_threads, base_parser, environment, format_ratio, forward_step, measure,
-                    noisy_warning, print_table, ratio, seed_everything, sgd_train_step, summarize, write_json)
+from common import (Contender, add_percent_of_peak, apply_threads, base_parser, check_bf16_agrees, environment,
+                    format_ratio, forward_flops, forward_step, matmul_peak_gflops, measure, noisy_warning, print_table,
+                    ratio, seed_everything, sgd_train_step, summarize, write_json)
 
 import edh
-from edh.utils.perf import prepare_for_inference, to_channels_last
+from edh.utils.perf import InferenceModel, prepare_for_inference, to_channels_last
 
 NUM_CLASSES = 2
 BATCH, SIZE = 4, 256
 COLUMNS = ["name", "items_per_s", "ms_per_step", "best_items_per_s", "quiet_samples"]
+FORWARD_COLUMNS = COLUMNS + ["pct_of_peak", "peak"]
+FAST, BF16 = "edh prepared (CL + BN folded)", "edh --bf16 (InferenceModel: CL + BN folded + bf16)"
+SMP_BF16, SMP_BF16_WEIGHTS = "smp channels_last + bf16 autocast", "smp channels_last, bf16 weights"
 VIT = "vit_small_patch16_224"
 
 
@@ -86,20 +94,41 @@ def parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def bf16_input_step(model: torch.nn.Module, images: torch.Tensor) -> Any:
+    """A forward of a bf16-weight peer: the fp32 batch cast to bf16 channels_last inside the step."""
+    def step() -> Any:
+        with torch.inference_mode():
+            return model(images.to(torch.bfloat16, memory_format=torch.channels_last))
+
+    return step
+
+
 def forward_contenders(arch: str, images: torch.Tensor) -> list[Contender]:
     smp_model, edh_model = build(arch, "smp").eval(), build(arch, "edh").eval()
     smp_cl = build(arch, "smp").eval().to(memory_format=torch.channels_last)
-    edh_fast = prepare_for_inference(edh_model)
+    edh_fast, edh_bf16 = prepare_for_inference(edh_model), InferenceModel(edh_model, bf16=True)
+    smp_bf16_weights = build(arch, "smp").eval().to(torch.bfloat16, memory_format=torch.channels_last)
     with torch.inference_mode():  # the speed options keep the outputs
         reference = edh_model(images)["mask"]
         error = ((edh_fast(to_channels_last(images))["mask"] - reference).abs().max() / reference.abs().max()).item()
+        smp_reference = smp_model(images)
+        bf16_errors = {name: check_bf16_agrees(name, output, fp32) for name, output, fp32 in (
+            (BF16, edh_bf16(images)["mask"], reference),
+            (SMP_BF16, forward_step(smp_cl, images, True, bf16=True)(), smp_reference),
+            (SMP_BF16_WEIGHTS, bf16_input_step(smp_bf16_weights, images)(), smp_reference))}
     assert error < 1e-3, f"prepared edh {arch} differs from eager by {error} (relative to its largest logit)"
+    print(f"{arch}: bf16 max |diff| to fp32 / std: " + ", ".join(f"{k} {v:.3f}" for k, v in bf16_errors.items()))
     n = images.shape[0]
     return [
         Contender("smp (default)", forward_step(smp_model, images), n, {"memory_format": "contiguous"}),
         Contender("smp channels_last", forward_step(smp_cl, images, True), n, {"memory_format": "channels_last"}),
-        Contender("edh prepared (CL + BN folded)", forward_step(edh_fast, images, True), n,
-                  {"memory_format": "channels_last", "bn_folded": True}),
+        Contender(FAST, forward_step(edh_fast, images, True), n, {"memory_format": "channels_last", "bn_folded": True}),
+        Contender(SMP_BF16, forward_step(smp_cl, images, True, bf16=True), n,
+                  {"memory_format": "channels_last", "dtype": "bf16 autocast"}),
+        Contender(SMP_BF16_WEIGHTS, bf16_input_step(smp_bf16_weights, images), n,
+                  {"memory_format": "channels_last", "dtype": "bf16 weights and input"}),
+        Contender(BF16, forward_step(edh_bf16, images), n,
+                  {"memory_format": "channels_last", "bn_folded": True, "dtype": "bf16 autocast, bf16 weights"}),
     ]
 
 
@@ -115,11 +144,13 @@ def ratios(forward_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]])
     def values(key: str) -> list[tuple[str, float, float]]:
         forward = {r["name"]: r[key] for r in forward_rows}
         train = {r["name"]: r[key] for r in train_rows}
-        fast, edh_train = forward["edh prepared (CL + BN folded)"], train["edh channels_last"]
+        fast, edh_train = forward[FAST], train["edh channels_last"]
         return [("forward / smp default", fast / forward["smp (default)"], 1.2),
                 ("forward / smp channels_last", fast / forward["smp channels_last"], 1.0),
                 ("train step / smp default", edh_train / train["smp contiguous"], 1.2),
-                ("train step / smp channels_last", edh_train / train["smp channels_last"], 1.0)]
+                ("train step / smp channels_last", edh_train / train["smp channels_last"], 1.0),
+                ("edh --bf16 / smp bf16 autocast, forward", forward[BF16] / forward[SMP_BF16], 1.3),
+                ("edh --bf16 / smp bf16 weights, forward", forward[BF16] / forward[SMP_BF16_WEIGHTS], 1.3)]
 
     out = [ratio(name, value, target) for name, value, target in values("items_per_s")]
     for r, (_, best, _) in zip(out, values("best_items_per_s")):
@@ -127,7 +158,8 @@ def ratios(forward_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]])
     return out
 
 
-def bench_arch(arch: str, repeats: int, forward_calls: int, max_wait: float) -> dict[str, Any]:
+def bench_arch(arch: str, repeats: int, forward_calls: int, max_wait: float,
+               peaks: dict[str, float]) -> dict[str, Any]:
     counts = {kind: parameters(build(arch, kind)) for kind in ("edh", "smp")}
     print(f"\n=== {arch}: parameters edh {counts['edh']:,}, smp {ARCHS[arch].smp_class} {counts['smp']:,}", flush=True)
     seed_everything(0)
@@ -135,7 +167,8 @@ def bench_arch(arch: str, repeats: int, forward_calls: int, max_wait: float) -> 
     masks = torch.randint(0, NUM_CLASSES, (BATCH, SIZE, SIZE))
     contenders = forward_contenders(arch, images)
     forward_rows = summarize(contenders, measure(contenders, repeats, forward_calls, warmup=2, max_wait=max_wait))
-    print_table(forward_rows, COLUMNS, f"{arch} forward, batch {BATCH}, {SIZE}x{SIZE} (items = images)")
+    add_percent_of_peak(forward_rows, forward_flops(build(arch, "edh").eval(), images[:1]), peaks)
+    print_table(forward_rows, FORWARD_COLUMNS, f"{arch} forward, batch {BATCH}, {SIZE}x{SIZE} (items = images)")
     del contenders
     gc.collect()
     contenders = train_contenders(arch, images, masks)
@@ -158,17 +191,20 @@ def main() -> None:
     threads = apply_threads(args.threads)
     repeats, forward_calls = (2, 1) if args.quick else (args.repeats, 2)
     env = environment()
+    peaks = env["matmul_peak_gflops"] = {"fp32": matmul_peak_gflops(torch.float32),
+                                         "bf16": matmul_peak_gflops(torch.bfloat16)}
     print(f"torch {env['torch']}, smp {smp.__version__}, {threads} threads, {env['cpu']}; "
-          f"{repeats} round-robin repeats, medians", flush=True)
-    results = {arch: bench_arch(arch, repeats, forward_calls, args.max_wait) for arch in args.only}
+          f"{repeats} round-robin repeats, medians; flags {' '.join(env['cpu_flags'])}; oneDNN {env['onednn']}; "
+          f"matmul peak fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
+    results = {arch: bench_arch(arch, repeats, forward_calls, args.max_wait, peaks) for arch in args.only}
     print("\nsummary: edh / smp, medians (targets: >= 1.2x default, >= 1.0x channels_last)")
     print(f"{'decoder':<14} {'params edh':>11} {'params smp':>11} {'fwd/default':>11} {'fwd/CL':>7} "
-          f"{'train/default':>13} {'train/CL':>8}")
+          f"{'train/default':>13} {'train/CL':>8} {'bf16/smp bf16':>13} {'bf16/smp bf16 w':>15}")
     for arch, result in results.items():
         values = [r["value"] for r in result["ratios"]]
         counts = result["parameters"]
         print(f"{arch:<14} {counts['edh']:>11,} {counts['smp']:>11,} {values[0]:>10.2f}x {values[1]:>6.2f}x "
-              f"{values[2]:>12.2f}x {values[3]:>7.2f}x")
+              f"{values[2]:>12.2f}x {values[3]:>7.2f}x {values[4]:>12.2f}x {values[5]:>14.2f}x")
     report = {"environment": env, "smp": smp.__version__, "repeats": repeats,
               "settings": {"forward": f"batch {BATCH}, {SIZE}x{SIZE}, eval, inference_mode, {forward_calls} calls "
                                       "per sample", "train": f"batch {BATCH}, {SIZE}x{SIZE}, SGD momentum 0.9, CE"},
