@@ -236,6 +236,9 @@ class RunSpec(_Strict):
     data: DataSpec
     train: TrainSpec = Field(default_factory=TrainSpec)
     trainer: dict[str, Any] = Field(default_factory=dict)
+    # experiment loggers: csv (default), tensorboard, mlflow, wandb; a name, a list or {name: options}.
+    # Checked by edh.train.loggers.parse_logging (docs/logging.md)
+    logging: str | list[Any] | dict[str, Any] | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -87,7 +87,8 @@ def _loaders(bundle: DataBundle, spec: RunSpec):
     return train, val
 
 
-RESERVED_TRAINER_KEYS = ("callbacks", "plugins", "logger", "default_root_dir")  # edh sets them (the run folder)
+RESERVED_TRAINER_KEYS = ("callbacks", "plugins", "default_root_dir")  # edh sets them (the run folder)
+# trainer.logger is taken: it means the same as the spec's logging: (edh.train.loggers)
 
 
 def check_trainer_options(spec: RunSpec, overrides: dict[str, Any] | None = None) -> None:
@@ -100,11 +101,16 @@ def check_trainer_options(spec: RunSpec, overrides: dict[str, Any] | None = None
 
     import lightning as L
 
+    from edh.train.loggers import logging_section, parse_logging
+
+    parse_logging(*logging_section(spec))  # an unknown logger or bad option: a SpecError naming the key
     accepted = [name for name in inspect.signature(L.Trainer.__init__).parameters if name != "self"]
     problems = []
     for where, options in (("trainer.", spec.trainer), ("train_run option ", overrides or {})):
         for key in options:
-            if key in RESERVED_TRAINER_KEYS:
+            if key == "logger" and options is spec.trainer:
+                continue  # the same as logging:, checked above
+            if key in RESERVED_TRAINER_KEYS or key == "logger":
                 problems.append(f"{where}{key}: set by edh (its run folder, checkpoints and metrics); remove it")
             elif key not in accepted:
                 close = difflib.get_close_matches(key, accepted, n=3, cutoff=0.6)
@@ -136,9 +142,11 @@ def make_trainer(spec: RunSpec, run_dir: Path, callbacks: list[Any] | None = Non
 
     from edh.train.callbacks import RunCheckpoint, RunFolderWriter
     from edh.train.checkpoint_io import AtomicCheckpointIO
+    from edh.train.loggers import LoggerExtras, image_count, make_loggers
     from edh.train.progress import PlainProgress, wants_plain_progress
 
     check_trainer_options(spec, overrides)
+    loggers = make_loggers(spec, run_dir)
     checkpoint = RunCheckpoint(run_dir, every_n_train_steps=spec.train.checkpoint_every_n_steps)
     options: dict[str, Any] = dict(
         max_epochs=spec.train.epochs, logger=False, enable_model_summary=False, default_root_dir=str(run_dir),
@@ -148,7 +156,12 @@ def make_trainer(spec: RunSpec, run_dir: Path, callbacks: list[Any] | None = Non
     options.update(spec.trainer)
     options.pop("enable_checkpointing", None)  # true (false was refused above): edh's RunCheckpoint
     options.update(overrides)
+    options["logger"] = loggers or False  # csv only: edh's metrics.csv (RunFolderWriter), no Lightning logger
     extra = list(callbacks or [])
+    if loggers:
+        from lightning.pytorch.callbacks import LearningRateMonitor
+
+        extra += [LearningRateMonitor(logging_interval="step"), LoggerExtras(to_dict(spec), image_count(spec))]
     if "enable_progress_bar" not in options and wants_plain_progress():
         options["enable_progress_bar"] = False  # not a terminal: a bar redraws rarely there; plain lines
         extra.append(PlainProgress())
