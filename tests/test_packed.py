@@ -12,6 +12,12 @@ from edh.layers import packed
 pytestmark = pytest.mark.skipif(not packed.available(), reason="this PyTorch build has no oneDNN linear ops")
 
 
+@pytest.fixture(autouse=True)
+def packed_path(monkeypatch):
+    """These tests are about the packed path itself: take it whatever the measured dispatch would pick."""
+    monkeypatch.setenv("EDH_LINEAR", "packed")
+
+
 def test_matches_f_linear_for_decoding_shapes():
     torch.manual_seed(0)
     weight, bias = torch.randn(96, 32), torch.randn(96)

@@ -9,7 +9,10 @@ of 477 us; 1.2-3.0x at two threads except 8 x 1024 by 1024 x 256, 0.8x). The sam
 
 `linear` uses the packed weight only where it cannot change a result anyone differentiates or
 traces: a CPU float32 / bfloat16 input, no autograd (``torch.no_grad`` or ``torch.inference_mode``),
-no tracing or export; everywhere else it is ``F.linear``. Packed weights are cached per weight
+no tracing or export; everywhere else it is ``F.linear``. Where it may, it still takes the packed
+weight only if that measured faster for the shape class on this machine (`edh.layers.dispatch`:
+on an Intel Xeon with AMX, plain ``F.linear`` won for the translation benchmark's shapes; force
+with ``EDH_LINEAR=packed|plain``). Packed weights are cached per weight
 tensor and repacked when the weight changes in place (its version counter: an optimizer step,
 ``load_state_dict``), so a model trained further, then asked to generate again, never decodes with
 stale weights.
@@ -22,6 +25,8 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakTensorKeyDictionary
+
+from edh.layers import dispatch
 
 _PACKED = WeakTensorKeyDictionary()  # weight -> (its version when packed, the packed weight)
 
@@ -45,11 +50,28 @@ def _packed(weight: torch.Tensor) -> torch.Tensor:
     return cached[1]
 
 
+def _packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, _packed(weight), bias, "none", [], "")
+
+
+def shape_class(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+    """What the packed-or-plain decision depends on: dtype, rows (rounded up to a power of two), the
+    weight's ``(out, in)`` and whether there is a bias."""
+    rows = max(1, x.numel() // max(1, x.shape[-1]))
+    return (str(x.dtype).removeprefix("torch."), 1 << (rows - 1).bit_length(), *weight.shape, bias is not None)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, through a cached oneDNN-packed weight where that is safe (see module doc)."""
+    """``F.linear(x, weight, bias)``, through a cached oneDNN-packed weight where that is safe (see module
+    doc) and, for this shape class on this machine, faster (`edh.layers.dispatch`, ``$EDH_LINEAR``)."""
     if not _usable(x, weight):
         return F.linear(x, weight, bias)
-    return torch.ops.mkldnn._linear_pointwise(x, _packed(weight), bias, "none", [], "")
+    choice = dispatch.choose("linear", shape_class(x, weight, bias),
+                             {"packed": lambda: _packed_linear(x, weight, bias),
+                              "plain": lambda: F.linear(x, weight, bias)})
+    if choice == "plain":
+        return F.linear(x, weight, bias)
+    return _packed_linear(x, weight, bias)
 
 
 @functools.cache
