@@ -58,17 +58,29 @@ def console():
 
 
 def add_speed_arguments(parser) -> None:
-    """``--fast``, ``--bf16``, ``--compile``: how an image model runs (see `apply_speed_arguments`)."""
+    """``--fast``, ``--bf16``, ``--compile``, ``--int8``: how a model runs (see `apply_speed_arguments`)."""
     group = parser.add_argument_group("speed (image models; same results up to float rounding, bf16 to its precision)")
     group.add_argument("--fast", action="store_true", help="channels_last and BatchNorm folded into the convs")
     group.add_argument("--bf16", action="store_true", help="bfloat16 autocast on top of --fast (about 2x on CPUs "
                        "with AVX-512 BF16 or AMX)")
     group.add_argument("--compile", action="store_true", help="torch.compile with freezing on top of --fast; "
                        "the first batch compiles (seconds)")
+    group.add_argument("--int8", action="store_true", help="run the int8 graph of `edh export RUNDIR --int8` "
+                       "with onnxruntime (implies --backend onnxruntime; linear layers int8, convolutions fp32)")
 
 
 def apply_speed_arguments(args, loaded) -> None:
-    """Replace ``loaded.model`` by an `edh.utils.perf.InferenceModel` when a speed flag is given."""
+    """Replace ``loaded.model`` by an `edh.utils.perf.InferenceModel` when a speed flag is given; ``--int8``
+    sets ``args.backend`` to onnxruntime and ``args.onnx`` to the int8 graph (`edh.export.int8.int8_graph`)."""
+    if getattr(args, "int8", False):
+        torch_flags = [f"--{name}" for name in ("fast", "bf16", "compile") if getattr(args, name, False)]
+        if torch_flags:
+            raise ValueError(f"--int8 runs the exported int8 graph with onnxruntime; {' / '.join(torch_flags)} "
+                             "speed up the torch backend: give one or the other")
+        from edh.export.int8 import int8_graph
+
+        args.backend, args.onnx = "onnxruntime", str(int8_graph(loaded, getattr(args, "onnx", None)))
+        return
     if not (args.fast or args.bf16 or args.compile):
         return
     if getattr(args, "backend", "torch") != "torch":
