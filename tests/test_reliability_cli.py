@@ -296,6 +296,13 @@ CASES = [
     ("export-zero-input-size", ["export", P("run"), "--input-size", "0", "0", "--out", P("root", "/x4.onnx")], None),
     ("export-out-is-a-folder", ["export", P("run"), "--out", P("empty_dir")], None),
     ("export-bad-format", ["export", P("run"), "--format", "tflite"], None),
+    # ---- serve: refused before it listens
+    ("serve-missing-run", ["serve", P("missing")], r"does not exist"),
+    ("serve-garbage-weights", ["serve", P("run_garbage_weights")], r"model\.safetensors"),
+    ("serve-bad-port", ["serve", P("run"), "--port", "70000"], r"--port"),
+    ("serve-negative-timeout", ["serve", P("run"), "--batch-timeout-ms", "-1"], r"--batch-timeout-ms"),
+    ("serve-zero-batch", ["serve", P("run"), "--max-batch-size", "0"], None),
+    ("serve-int8-and-fast", ["serve", P("run"), "--int8", "--fast"], r"--int8"),
     # ---- no command / an unknown one
     ("unknown-command", ["bogus"], None),
 ]
@@ -303,7 +310,8 @@ ARGPARSE = {"train-epochs-not-int", "eval-bad-split", "predict-top-k-not-int", "
             "export-bad-format", "unknown-command",  # argparse refuses these before edh runs: no -v traceback
             "train-epochs-negative", "predict-top-k-zero", "predict-top-k-negative", "predict-text-beam-zero",
             "finetune-negative-epochs", "translate-beam-zero", "translate-batch-size-zero",
-            "translate-negative-max-new-tokens", "translate-nan-length-penalty", "export-zero-input-size"}
+            "translate-negative-max-new-tokens", "translate-nan-length-penalty", "export-zero-input-size",
+            "serve-zero-batch"}
 WARNS = {"eval-out-is-a-file"}  # not an error: the metrics are printed, a warning says the plots could not be written
 COMMANDS_COVERED = {argv[0] for _, argv, _ in CASES}
 

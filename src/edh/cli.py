@@ -143,7 +143,8 @@ def _setup_logging(verbose: bool) -> None:
 
 
 _USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC),
-                errno.ENOENT, errno.EEXIST, errno.EISDIR, errno.ENOTDIR}
+                errno.ENOENT, errno.EEXIST, errno.EISDIR, errno.ENOTDIR,
+                errno.EADDRINUSE, errno.EADDRNOTAVAIL}  # edh serve --port / --host
 
 
 def _is_user_error(error: Exception) -> bool:

@@ -1,7 +1,7 @@
 """``edh`` sub-commands, one module each: ``NAME``, ``HELP``, ``add_arguments(parser)``, ``run(args)``.
 Modules import nothing heavy at the top."""
 
-COMMANDS = ["train", "eval", "predict", "describe", "list", "demo", "finetune", "embed", "diagram", "translate", "export"]
+COMMANDS = ["train", "eval", "predict", "describe", "list", "demo", "finetune", "embed", "diagram", "translate", "export", "serve"]
 
 
 def positive_int(text: str) -> int:

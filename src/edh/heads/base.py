@@ -175,6 +175,13 @@ class Head(nn.Module):
         """One line describing sample ``index`` of ``predict``'s result (for ``edh predict``)."""
         return ""
 
+    def prediction_json(self, prediction: Any, index: int, source: Path | None = None,
+                        input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+        """Sample ``index`` of ``predict``'s result as plain JSON values, for ``edh serve``: labels and
+        probabilities, boxes in the image file's pixels, masks as PNG, text. ``source``: the input's file
+        (None for a sentence); ``input_size``: ``(H, W)`` the model saw. Default: the printed line."""
+        return {"line": self.format_prediction(prediction, index)}
+
     def write_predictions(self, prediction: Any, images: torch.Tensor, paths: list[Path], out_dir: Path) -> list[Path]:
         """Write pictures of the predictions (overlays, boxes) to ``out_dir``; return the files written."""
         return []

@@ -150,3 +150,10 @@ class ClassificationHead(Head):
     def format_prediction(self, prediction: dict[str, Any], index: int) -> str:
         pairs = zip(prediction["labels"][index], prediction["scores"][index].tolist())
         return ", ".join(f"{label} {score:.3f}" for label, score in pairs)
+
+    def prediction_json(self, prediction: dict[str, Any], index: int, source: Path | None = None,
+                        input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+        """``{"labels", "scores", "indices"}``: the top-k classes, most likely first."""
+        return {"labels": [str(label) for label in prediction["labels"][index]],
+                "scores": [round(float(s), 6) for s in prediction["scores"][index].tolist()],
+                "indices": [int(i) for i in prediction["indices"][index].tolist()]}

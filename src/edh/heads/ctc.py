@@ -208,6 +208,11 @@ class CTCHead(Head):
     def format_prediction(self, prediction: dict[str, Any], index: int) -> str:
         return prediction["texts"][index]
 
+    def prediction_json(self, prediction: dict[str, Any], index: int, source: Any = None,
+                        input_size: Any = None) -> dict[str, Any]:
+        """``{"text", "score"}``: the transcript and its log-probability."""
+        return {"text": prediction["texts"][index], "score": float(prediction["scores"][index])}
+
     # ---- metrics ----------------------------------------------------------------------------------
     def make_metrics(self, stage: str = "val"):
         """Word and character error rates; ``test`` decodes with the head's ``beam_size``, ``val`` greedily."""

@@ -144,6 +144,16 @@ class ReconstructionHead(Head):
             return ""
         return f"reconstruction psnr {float(prediction['psnr'][index]):.2f} dB"
 
+    def prediction_json(self, prediction: dict[str, Any], index: int, source: Any = None,
+                        input_size: Any = None) -> dict[str, Any]:
+        """``{"psnr"}`` in dB (None without the inputs) and the reconstruction as a PNG (base64)."""
+        from edh.utils.images import png_base64
+
+        psnr = prediction["psnr"]
+        pixels = to_pixels(prediction["images"][index:index + 1], self.mean, self.std)[0]  # (C, H, W) in [0, 1]
+        return {"psnr": None if psnr is None else round(float(psnr[index]), 4),
+                "image_png": png_base64((pixels * 255).round().byte().permute(1, 2, 0).squeeze(-1).numpy())}
+
     def write_predictions(self, prediction: dict[str, Any], images: torch.Tensor, paths: list[Path],
                           out_dir: Path, columns: int = 8) -> list[Path]:
         """Inputs above their reconstructions: ``OUT/<first image>_reconstructions.png``."""

@@ -91,3 +91,8 @@ class RegressionHead(Head):
 
     def format_prediction(self, prediction: dict[str, torch.Tensor], index: int) -> str:
         return ", ".join(f"{v:.3f}" for v in prediction["values"][index].tolist())
+
+    def prediction_json(self, prediction: dict[str, torch.Tensor], index: int, source: Any = None,
+                        input_size: Any = None) -> dict[str, Any]:
+        """``{"values": [...]}``: one number per output."""
+        return {"values": [float(v) for v in prediction["values"][index].reshape(-1).tolist()]}

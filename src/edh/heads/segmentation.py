@@ -188,6 +188,19 @@ class SegmentationHead(Head):
             return f"only {self.class_names[0]}"
         return ", ".join(f"{self.class_names[i]} {100 * c / total:.1f}%" for i, c in shown)
 
+    def prediction_json(self, prediction: dict[str, Any], index: int, source: Path | None = None,
+                        input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+        """``{"mask_png", "size", "class_names", "fractions"}``: the class map as a PNG of class indices
+        (8-bit, 16-bit past 256 classes) at the image's own size, and each present class's share of the pixels."""
+        from edh.utils.images import png_base64
+
+        mask = prediction["mask"][index].cpu()
+        counts = torch.bincount(mask.flatten(), minlength=self.num_classes).tolist()
+        total = max(1, mask.numel())
+        pixels = mask.numpy().astype("uint8" if self.num_classes <= 256 else "uint16")
+        return {"mask_png": png_base64(pixels), "size": list(mask.shape), "class_names": list(self.class_names),
+                "fractions": {self.class_names[i]: round(c / total, 6) for i, c in enumerate(counts) if c}}
+
     def write_predictions(self, prediction: dict[str, Any], images: torch.Tensor, paths: list[Path],
                           out_dir: Path) -> list[Path]:
         """``<stem>.overlay.png`` per image: the image file (or, where there is none, the model input)

@@ -29,3 +29,16 @@ def upright_size(path: str | Path) -> tuple[int, int]:
         except Exception:  # a broken EXIF block: PIL reads the pixels as stored
             orientation = 1
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+def png_base64(pixels) -> str:
+    """A uint8 array ``(H, W)`` (gray or class indices) or ``(H, W, 3|4)`` as a base64 PNG string (for JSON)."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -32,6 +32,9 @@ class InputReader:
             inference (``--tile``); None where the input kind has no size of its own.
         sizes: ``(items) -> [(H, W) or None]``: each item's own size, read cheaply (an image's header),
             so predict can say which inputs it resizes and restore dense outputs to their size.
+        join: ``(run, batches) -> batch``: batches ``read`` one item at a time joined into one (``edh
+            serve`` reads each request alone, then batches requests): images of one size concatenate,
+            sentences and clips of different lengths are right-padded as ``read`` pads them.
     """
 
     read: Callable[[Any, list[Any]], torch.Tensor]
@@ -42,6 +45,7 @@ class InputReader:
     texts: bool = False
     read_native: Callable[[Any, list[Any]], torch.Tensor] | None = None
     sizes: Callable[[list[Any]], list[tuple[int, int] | None]] | None = None
+    join: Callable[[Any, list[torch.Tensor]], torch.Tensor] = lambda run, batches: torch.cat(batches)
 
 
 def read_images(run: Any, paths: list[str | Path], resize: bool = True) -> torch.Tensor:
@@ -120,6 +124,20 @@ def read_texts(run: Any, texts: list[str]) -> torch.Tensor:
     return pad_batch(encode_texts(run, tokenizer, texts), tokenizer.pad_id)
 
 
+def join_texts(run: Any, batches: list[torch.Tensor]) -> torch.Tensor:
+    """`read_texts` batches ``(1, S_i)`` -> one ``(N, max S_i)``, right-padded with the tokenizer's pad id."""
+    from edh.data.text import pad_batch
+
+    return pad_batch([row for batch in batches for row in batch], run_tokenizer(run).pad_id)
+
+
+def join_audio(run: Any, batches: list[torch.Tensor]) -> torch.Tensor:
+    """`read_audio` batches ``(1, T_i)`` -> one ``(N, max T_i)``, right-padded with zeros."""
+    from edh.data.wav import pad_waves
+
+    return pad_waves([row for batch in batches for row in batch])
+
+
 def read_audio(run: Any, paths: list[str | Path]) -> torch.Tensor:
     """WAV files -> ``(N, samples)`` mono waveforms at the run's sample rate, right-padded with zeros
     (`edh.data.wav.read_wav`: the reading, mixing down and resampling of training)."""
@@ -132,8 +150,8 @@ def read_audio(run: Any, paths: list[str | Path]) -> torch.Tensor:
 INPUT_READERS: dict[str, InputReader] = {
     "image": InputReader(read_images, pictures=True, one_at_a_time=lambda run: run.info.image_size is None,
                          speed_options=True, exportable=True, read_native=read_native_images, sizes=image_sizes),
-    "tokens": InputReader(read_texts, pictures=False, one_at_a_time=lambda run: False, texts=True),
-    "audio": InputReader(read_audio, pictures=False, one_at_a_time=lambda run: False),
+    "tokens": InputReader(read_texts, pictures=False, one_at_a_time=lambda run: False, texts=True, join=join_texts),
+    "audio": InputReader(read_audio, pictures=False, one_at_a_time=lambda run: False, join=join_audio),
 }
 
 

@@ -182,6 +182,25 @@ class DetectionHead(Head):
                  for b, s, l in zip(found["boxes"], found["scores"], found["labels"])]
         return f"{len(parts)} boxes: " + "; ".join(parts[:10]) + (" ..." if len(parts) > 10 else "")
 
+    def prediction_json(self, prediction: Detections, index: int, source: Path | None = None,
+                        input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+        """``{"size", "detections": [{"label", "category_id", "score", "box"}]}``: boxes ``[x1, y1, x2, y2]``
+        in the pixels of the image file ``source`` (``size`` ``[H, W]``), most confident first."""
+        from edh.heads.detection.drawing import image_size, scale_boxes
+
+        found = prediction[index]
+        size = image_size(source) if source is not None and Path(source).is_file() else tuple(input_size or ())
+        boxes = scale_boxes(found["boxes"].float().cpu(), input_size, size) if input_size and size else found["boxes"]
+        order = found["scores"].argsort(descending=True, stable=True).tolist()
+        labels, scores, rows = found["labels"].tolist(), found["scores"].tolist(), boxes.tolist()
+        detections = []
+        for i in order:
+            label = int(labels[i])
+            category = self.category_ids[label - 1] if 1 <= label <= self.num_classes else label
+            detections.append({"label": self.label_name(label), "category_id": int(category),
+                               "score": round(float(scores[i]), 5), "box": [round(v, 2) for v in rows[i]]})
+        return {"size": list(size), "detections": detections}
+
     def write_predictions(self, prediction: Detections, images: torch.Tensor, paths: list[Path],
                           out_dir: Path) -> list[Path]:
         """``<stem>.boxes.png`` per image: the original image file (or, where there is none, the model

@@ -252,6 +252,25 @@ class MaskRCNNHead(FasterRCNNHead):
             line += f"; mask pixels {', '.join(str(int(a)) for a in area[:10])}" + (" ..." if len(area) > 10 else "")
         return line
 
+    def prediction_json(self, prediction: Detections, index: int, source: Path | None = None,
+                        input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+        """`DetectionHead.prediction_json` with each detection's ``mask``: COCO compressed RLE (``size``
+        ``[H, W]``, ``counts`` a str) at the image file's resolution; pycocotools' ``mask.decode`` reads it."""
+        import numpy as np
+        from pycocotools import mask as mask_utils
+
+        answer = super().prediction_json(prediction, index, source, input_size)
+        found = prediction[index]
+        if not len(found["boxes"]):
+            return answer
+        at = tuple(input_size) if input_size else tuple(answer["size"])
+        masks = self.masks_at(found, at, tuple(answer["size"])).cpu().numpy().astype(np.uint8)  # (D, h, w)
+        order = found["scores"].argsort(descending=True, stable=True).tolist()  # the order of the detections
+        rles = mask_utils.encode(np.asfortranarray(masks[order].transpose(1, 2, 0)))
+        for detection, rle in zip(answer["detections"], rles):
+            detection["mask"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        return answer
+
     def write_predictions(self, prediction: Detections, images: torch.Tensor, paths: list[Path], out_dir: Path,
                           **kwargs: Any) -> list[Path]:
         """``<stem>.boxes.png`` per image: the image file (or the model input) with each detection's mask,
