@@ -68,14 +68,10 @@ def runs(tmp_path_factory):
 
 
 def _client(run_dir, max_body_bytes=1 << 20, max_inputs=8, batch_size=8, timeout_ms=2.0, **engine):
-    from edh.serve.app import ServerState, make_app
-    from edh.serve.batching import Batcher
-    from edh.serve.engine import Engine
-    from edh.workflows.run import load_run
+    from edh.serve.app import create_app
 
-    engine = Engine(load_run(run_dir), **engine)
-    state = ServerState(engine, Batcher(engine.predict, batch_size, timeout_ms), max_body_bytes, max_inputs)
-    return TestClient(make_app(state), raise_server_exceptions=False)
+    app = create_app(run_dir, batch_size, timeout_ms, max_body_bytes, max_inputs, **engine)
+    return TestClient(app, raise_server_exceptions=False)
 
 
 def _png(path: Path, size=(8, 8), mode="L", seed=0) -> Path:

@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException
 
 from edh.serve.batching import Batcher
 from edh.serve.codecs import RequestError, flag, items_from_json, top_k_of
-from edh.serve.engine import Engine, Options
+from edh.serve.engine import Engine, Options  # noqa: F401 - Engine: the type ServerState holds
 
 log = logging.getLogger("edh")
 
@@ -46,6 +46,20 @@ class ServerState:
         self.answered = {"2xx": 0, "4xx": 0, "5xx": 0}
 
 
+def create_app(run: Any, max_batch_size: int = 16, batch_timeout_ms: float = 5.0, max_body_bytes: int = 16 << 20,
+               max_inputs: int = 64, **engine: Any):
+    """The ``edh serve`` app for ``run`` (a run folder or a loaded `Run`): mount it in your own ASGI
+    server, or test it with FastAPI's ``TestClient``. ``engine``: `Engine` options (``backend``,
+    ``beam_size``, ``settings``, ``allow_changed_data``). The app's ``state.server`` is its `ServerState`."""
+    from edh.serve.engine import Engine
+    from edh.workflows.run import Run, load_run
+
+    engine_ = Engine(run if isinstance(run, Run) else load_run(run), **engine)
+    engine_.warm_up()
+    state = ServerState(engine_, Batcher(engine_.predict, max_batch_size, batch_timeout_ms), max_body_bytes, max_inputs)
+    return make_app(state)
+
+
 def make_app(state: ServerState):
     """The FastAPI app (routes above) for ``state``; the batcher is closed when the app shuts down."""
 
@@ -57,6 +71,7 @@ def make_app(state: ServerState):
         state.engine.close()
 
     app = FastAPI(title="edh serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = state
 
     def error(status: int, message: str) -> JSONResponse:
         state.answered["4xx" if status < 500 else "5xx"] += 1

@@ -28,15 +28,13 @@ def serve(run: Run, host: str = "127.0.0.1", port: int = 8000, max_batch_size: i
         import uvicorn
     except ImportError:
         raise ImportError("edh serve needs FastAPI and uvicorn: pip install 'edh[serve]'") from None
-    from edh.serve.app import ServerState, make_app
-    from edh.serve.batching import Batcher
-    from edh.serve.engine import Engine
+    from edh.serve.app import create_app
 
-    engine = Engine(run, backend=" + ".join([backend, *(speed or [])]), beam_size=beam_size, settings=settings,
-                    allow_changed_data=allow_changed_data)
-    engine.warm_up()
-    batcher = Batcher(engine.predict, max_batch_size, batch_timeout_ms)
-    state = ServerState(engine, batcher, max_body_bytes, max_inputs)
+    app = create_app(run, max_batch_size, batch_timeout_ms, max_body_bytes, max_inputs,
+                     backend=" + ".join([backend, *(speed or [])]), beam_size=beam_size, settings=settings,
+                     allow_changed_data=allow_changed_data)
+    state = app.state.server
+    engine, batcher = state.engine, state.batcher
     listener = bind(host, port)
 
     class DrainingServer(uvicorn.Server):
@@ -47,7 +45,7 @@ def serve(run: Run, host: str = "127.0.0.1", port: int = 8000, max_batch_size: i
             if isinstance(captured, list):  # a drained stop is a normal end (exit 0): uvicorn would re-raise it
                 captured.clear()
 
-    config = uvicorn.Config(make_app(state), log_level="warning", timeout_graceful_shutdown=DRAIN_SECONDS,
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=DRAIN_SECONDS,
                             access_log=False, lifespan="on")
     bound_host, bound_port = listener.getsockname()[:2]
     print(f"edh serve: {run.path} on http://{bound_host}:{bound_port} ({engine.backend}; batches of up to "
