@@ -42,7 +42,7 @@ class ServerState:
         self.engine, self.batcher = engine, batcher
         self.max_body_bytes, self.max_inputs = max_body_bytes, max_inputs
         self.draining = False
-        self.in_flight = 0
+        self.arriving = 0  # requests being read and decoded (the batcher waits for them, up to its timeout)
         self.answered = {"2xx": 0, "4xx": 0, "5xx": 0}
 
 
@@ -56,7 +56,8 @@ def create_app(run: Any, max_batch_size: int = 16, batch_timeout_ms: float = 5.0
 
     engine_ = Engine(run if isinstance(run, Run) else load_run(run), **engine)
     engine_.warm_up()
-    state = ServerState(engine_, Batcher(engine_.predict, max_batch_size, batch_timeout_ms), max_body_bytes, max_inputs)
+    state = ServerState(engine_, None, max_body_bytes, max_inputs)
+    state.batcher = Batcher(engine_.predict, max_batch_size, batch_timeout_ms, arriving=lambda: state.arriving)
     return make_app(state)
 
 
@@ -106,25 +107,24 @@ def make_app(state: ServerState):
 
     @app.post("/predict")
     async def predict(request: Request):
-        if state.draining:
-            return error(503, "the server is shutting down; send the request to another instance")
-        state.in_flight += 1
+        # draining: a request that reached the server is still answered (uvicorn takes no new connections)
+        state.arriving += 1  # read and decoded, not queued yet: a batch waiting for it may wait
         try:
             items = await decode_request(request, state)
         except RequestError as caught:
+            state.arriving -= 1
             return error(caught.status, str(caught))
-        finally:
-            state.in_flight -= 1
-        state.in_flight += 1
         try:
-            predictions = await state.batcher.submit(items)
+            answer = state.batcher.enqueue(items)
+        finally:
+            state.arriving -= 1
+        try:
+            predictions = await answer
         except Exception as caught:  # noqa: BLE001 - the batch failed: a 500 for its requests, the server goes on
             log.exception("edh serve: a batch failed")
             return error(500, f"the prediction failed: {type(caught).__name__}: {caught}")
-        finally:
-            state.in_flight -= 1
         state.answered["2xx"] += 1
-        return {"run": state.engine.run.path.name, "predictions": predictions}
+        return JSONResponse({"run": state.engine.run.path.name, "predictions": predictions})  # plain JSON values
 
     return app
 

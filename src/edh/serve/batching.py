@@ -4,6 +4,10 @@ Requests go into a queue; the worker takes the first, waits up to ``timeout_ms``
 ``max_batch_size`` items), runs ``predict(items)`` once for them and resolves each request's asyncio
 future on its event loop (``loop.call_soon_threadsafe``). An exception in a batch fails the requests
 of that batch only; the worker keeps going. ``close`` lets queued requests finish, then stops.
+
+``arriving`` (optional) counts the requests the server is still reading: when the queue is empty and
+nothing is arriving, waiting longer cannot fill the batch, so it runs at once. A lone request then
+pays no timeout, while under load the batch still gathers what is on its way.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+
+POLL_SECONDS = 0.0005  # how often a waiting batch looks at ``arriving`` again
 
 
 @dataclass
@@ -36,21 +43,27 @@ class BatchCounts:
 class Batcher:
     """Gathers the items of concurrent requests into batches for ``predict(items) -> results``."""
 
-    def __init__(self, predict: Callable[[list[Any]], list[Any]], max_batch_size: int = 16, timeout_ms: float = 5.0):
+    def __init__(self, predict: Callable[[list[Any]], list[Any]], max_batch_size: int = 16, timeout_ms: float = 5.0,
+                 arriving: Callable[[], int] | None = None):
         if max_batch_size < 1:
             raise ValueError(f"--max-batch-size is a number of inputs per forward (at least 1), got {max_batch_size}")
         self.predict, self.max_batch_size, self.timeout_ms = predict, max_batch_size, timeout_ms
+        self.arriving = arriving
         self.counts = BatchCounts()
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="edh-serve-batcher", daemon=True)
         self._thread.start()
 
-    async def submit(self, items: list[Any]) -> list[Any]:
-        """The results for ``items`` (in order), once a batch holding them has run."""
+    def enqueue(self, items: list[Any]) -> asyncio.Future:
+        """Queue ``items`` (call from the event loop); the future gets their results, in order."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.put(_Request(list(items), future, loop))
-        return await future
+        return future
+
+    async def submit(self, items: list[Any]) -> list[Any]:
+        """The results for ``items`` (in order), once a batch holding them has run."""
+        return await self.enqueue(items)
 
     def close(self, timeout: float | None = None) -> None:
         """Finish the queued requests, then stop the worker."""
@@ -63,9 +76,18 @@ class Batcher:
         while size < self.max_batch_size:
             left = deadline - time.monotonic()
             try:
-                request = self._queue.get(timeout=max(left, 0.0)) if left > 0 else self._queue.get_nowait()
+                if left <= 0:
+                    request = self._queue.get_nowait()  # the wait is over: only what is queued already
+                elif self.arriving is None:
+                    request = self._queue.get(timeout=left)
+                elif self._queue.empty() and not self.arriving():
+                    break  # nothing queued and nothing on its way: waiting cannot fill the batch
+                else:
+                    request = self._queue.get(timeout=min(left, POLL_SECONDS))
             except queue.Empty:
-                break
+                if left <= 0 or self.arriving is None:
+                    break
+                continue
             if request is None:
                 stop = True
                 break
