@@ -58,10 +58,23 @@ TRANSLATOR = {
 }
 
 
+def _speech_spec(root: Path) -> dict:
+    from test_speech import TINY_ENCODER, sine, write_wav
+
+    for name in ("a.wav", "b.wav", "c.wav"):
+        write_wav(root / name, sine(16000, 0.2))
+    (root / "transcripts.tsv").write_text("a.wav\thello\ttrain\nb.wav\tbye\ttest\nc.wav\tok\tval\n")
+    return {"model": {"encoder": dict(TINY_ENCODER), "heads": {"text": {"type": "ctc"}}},
+            "data": {"name": "audio-folder", "path": str(root), "batch_size": 2},
+            "train": {"epochs": 1, "seed": 0}, "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
+    (root / "clips").mkdir()
     return {"classifier": _train(tiny_run_spec(epochs=1), root / "classifier").path,
+            "speech": _train(_speech_spec(root / "clips"), root / "speech").path,
             "segmenter": _train(SEGMENTER, root / "segmenter").path,
             "detector": _train(DETECTOR, root / "detector", max_steps=1).path,
             "translator": _train(TRANSLATOR, root / "translator").path}
@@ -216,6 +229,24 @@ def test_translator_answers_text_as_translate_does(runs):
         wrong = client.post("/predict", json={"inputs": [{"image": base64.b64encode(b"x").decode()}]})
         assert wrong.status_code == 415 and "takes text" in wrong.json()["error"]
         assert client.get("/metadata").json()["input_kind"] == "text"
+
+
+def test_speech_run_answers_a_wav_clip_as_edh_predict(runs, tmp_path):
+    from test_speech import sine, write_wav
+
+    from edh.workflows.predict import predict_inputs
+    from edh.workflows.run import load_run
+
+    clip = write_wav(tmp_path / "clip.wav", np.round(sine(22050, 0.4, 200) * 0.5).astype(np.int64), rate=22050)
+    expected, _ = predict_inputs(load_run(runs["speech"]), [clip])
+    with _client(runs["speech"]) as client:
+        answer = client.post("/predict", json={"inputs": [{"audio": _b64(clip)}]})
+        assert answer.status_code == 200, answer.text
+        text = answer.json()["predictions"][0]["heads"]["text"]
+        assert text["text"] == expected[0].lines["text"] and isinstance(text["score"], float)
+        png = client.post("/predict", files=[("files", ("x.wav", _png(tmp_path / "x.png").read_bytes(), "audio/wav"))])
+        assert png.status_code == 415 and "x.wav" in png.json()["error"], png.text
+        assert client.get("/metadata").json()["input_kind"] == "audio"
 
 
 def test_fast_and_onnxruntime_backends_answer_the_same(runs, tmp_path):
