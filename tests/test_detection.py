@@ -279,7 +279,18 @@ def test_pictures_and_coco_records(tmp_path):
         found = det.predict(model(images)["det"])
     written = det.write_predictions(found, images, paths, tmp_path / "out")
     assert [p.name for p in written] == ["7.boxes.png", "not_a_file.boxes.png"]
-    assert Image.open(written[0]).size == (SIZE * 2, SIZE * 2) and Image.open(written[1]).size == (SIZE, SIZE)
+    from edh.heads.detection.drawing import PICTURE_MIN_SCORE, PICTURE_MIN_SIDE, enlargement
+
+    # small images are enlarged by a whole factor to a readable size: 128 px by 3, 64 px (the input) by 6,
+    # under a strip that holds the banner
+    assert enlargement((SIZE * 2, SIZE * 2)) == 3 and enlargement((SIZE, SIZE)) == 6 and enlargement((900, 400)) == 1
+    for picture in written:
+        width, height = Image.open(picture).size
+        assert width == SIZE * 6 >= PICTURE_MIN_SIDE and SIZE * 6 + 10 < height < SIZE * 6 + 40
+    assert det.picture_min_score == PICTURE_MIN_SCORE  # score_thresh 0.0: the picture keeps to 0.3
+    det.score_thresh = 0.6
+    assert det.picture_min_score == 0.6  # a head that keeps only higher scores: its own threshold
+    det.score_thresh = 0.0
     records = det.prediction_records(found, paths, (SIZE, SIZE))
     first = [r for r in records if r["image_id"] == 7]
     assert len(first) == 5 and {r["category_id"] for r in records} <= {1, 2, 3}

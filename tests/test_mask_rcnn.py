@@ -211,7 +211,13 @@ def test_pictures_and_rle_records_at_the_file_resolution(tmp_path):
     same = tmp_path / "same.png"
     Image.fromarray(np.zeros((SIZE, SIZE, 3), dtype=np.uint8)).save(same)
     written = head.write_predictions(prediction, images, [big, same], tmp_path / "out")
-    assert [Image.open(p).size for p in written] == [(80, 96), (SIZE, SIZE)]
+    from edh.heads.detection.drawing import enlargement
+
+    # each drawn at the file's size enlarged by a whole factor, under the banner's strip
+    for picture, (height, width) in zip(written, [(96, 80), (SIZE, SIZE)]):
+        factor = enlargement((height, width))
+        drawn_width, drawn_height = Image.open(picture).size
+        assert factor > 1 and drawn_width == width * factor and 10 < drawn_height - height * factor < 40
     records = head.prediction_records(prediction, [big, same], (SIZE, SIZE))
     assert len(records) == sum(len(p["boxes"]) for p in prediction) > 0
     json.dumps(records)

@@ -106,9 +106,13 @@ class ClassificationHead(Head):
         metrics.update(outputs.float(), targets.long())
 
     def summarize(self, values: dict[str, torch.Tensor], out_dir: Path | None = None) -> tuple[dict[str, float], list[str]]:
+        """The scalars (``acc``, ``top5``... and in test each class's ``precision/<class>`` and
+        ``recall/<class>``), a table of the per-class ones, and the confusion matrix plot in ``out_dir``."""
         scalars = {k: float(v) for k, v in values.items() if v.numel() == 1}
         lines = []
         if "precision" in values:
+            for key in ("precision", "recall"):
+                scalars.update({f"{key}/{name}": value for name, value in zip(self.class_names, values[key].tolist())})
             width = max(len(n) for n in self.class_names)
             lines.append(f"{'class':<{width}}  precision  recall")
             for name, p, r in zip(self.class_names, values["precision"].tolist(), values["recall"].tolist()):

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from edh.utils.io import atomic_write, atomic_write_text
+from edh.utils.io import atomic_write_text
 from edh.workflows.run import CKPT_FILE, CURVES_FILE, METRICS_FILE, save_weights
 
 
@@ -51,7 +50,9 @@ class RunFolderWriter(L.Callback):
         atomic_write_text(self.run_dir / METRICS_FILE, buffer.getvalue())
 
     def _plot(self) -> None:
-        write_curves(self.rows, self.run_dir / CURVES_FILE)
+        from edh.utils.plots import curves_png
+
+        curves_png(self.rows, self.run_dir / CURVES_FILE)
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -111,30 +112,3 @@ class StopRecorder(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.exception, self.epoch, self.step = exception, trainer.current_epoch, trainer.global_step
 
-
-def write_curves(rows: list[dict[str, float]], path: Path) -> None:
-    """One panel for the losses, one for each other validation metric, x = epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = sorted({k for r in rows for k in r if k.startswith(("train/", "val/"))})
-    losses = [k for k in keys if k in ("train/loss", "val/loss")]
-    others = [k for k in keys if k.startswith("val/") and k not in losses]
-    panels = [losses] + [[k] for k in others[:5]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
-    for axis, panel in zip(axes[0], panels):
-        for key in panel:
-            points = [(r["epoch"], r[key]) for r in rows if key in r and not math.isnan(r[key])]
-            if points:
-                axis.plot(*zip(*points), marker="o", label=key)
-        axis.set_xlabel("epoch")
-        axis.set_title(", ".join(panel) if len(panel) == 1 else "loss")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))

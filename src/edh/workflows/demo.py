@@ -42,6 +42,13 @@ def config_path(name: str) -> Path:
 
 
 @dataclass
+class Figure:
+    """Pictures the report shows side by side above one ``caption`` that says, in words, what they show."""
+    caption: str
+    paths: list[Path]
+
+
+@dataclass
 class DemoResult:
     demo: Demo
     run_dir: Path
@@ -50,12 +57,13 @@ class DemoResult:
     table: str
     description: Any = None
     diagram: Path | None = None
-    pictures: list[Path] = field(default_factory=list)
+    pictures: list[Figure] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
 
 
-def example_pictures(run, out_dir: Path, count: int = 8) -> list[Path]:
-    """Pictures of the model's predictions on the first ``count`` test samples (each task draws its own)."""
+def example_pictures(run, out_dir: Path, count: int = 8, shown: int = 4) -> list[Figure]:
+    """Pictures of the model's predictions on the first ``count`` test samples (each task draws its
+    own), per head at most ``shown`` files, each head's under a caption of what they show."""
     import torch
     from torch.utils.data import default_collate
 
@@ -76,15 +84,56 @@ def example_pictures(run, out_dir: Path, count: int = 8) -> list[Path]:
         translator = Translator(run)
         texts = translator.tokenizer.decode_batch(translator.generate_ids(inputs))
         rows = [(f"test image {i}: {text}", inputs[i:i + 1]) for i, text in enumerate(texts)]
-        return [image_rows_png(rows, run.info.mean, run.info.std, out_dir / "captions.png", columns=1)]
+        path = image_rows_png(rows, run.info.mean, run.info.std, out_dir / "captions.png", columns=1)
+        return [Figure(f"Text generated for {len(texts)} test images", [path])]
     with torch.inference_mode():
         outputs = run.model.eval()(inputs, **context)
-    written: list[Path] = []
+    figures: list[Figure] = []
     paths = [out_dir / f"example_{i}.png" for i in range(len(items))]
     for name, head in run.model.tasks().items():
         prediction = head.predict(outputs[name], input_size=tuple(inputs.shape[-2:]), inputs=inputs)
-        written += head.write_predictions(prediction, inputs, paths, out_dir / "examples" / name)
-    return written[:4]
+        written = head.write_predictions(prediction, inputs, paths, out_dir / "examples" / name)
+        images = len(items) if len(written) < len(items) else min(shown, len(written))  # a grid of all, or one each
+        if written:
+            figures.append(Figure(prediction_caption(name, head, images), written[:shown]))
+    return figures
+
+
+def prediction_caption(name: str, head, images: int) -> str:
+    """What the pictures of head ``name``'s predictions on ``images`` test images show, in words."""
+    from edh.heads.classification import ClassificationHead
+    from edh.heads.detection.base import DetectionHead
+    from edh.heads.reconstruction import ReconstructionHead
+    from edh.heads.segmentation import SegmentationHead
+
+    caption = f"Predictions of head '{name}' on {images} test images"
+    if isinstance(head, DetectionHead):
+        return caption + f" (boxes scoring >= {head.picture_min_score:.2f}, with class and score)"
+    if isinstance(head, SegmentationHead):
+        return caption + " (each pixel coloured by its predicted class)"
+    if isinstance(head, ClassificationHead):
+        return caption + " (each titled with its top class and probability)"
+    if isinstance(head, ReconstructionHead):
+        return f"Head '{name}' on {images} test images: the inputs above their reconstructions"
+    return caption
+
+
+def run_figures(run_dir: Path) -> list[Figure]:
+    """The run folder's confusion matrix and training curves, where written, captioned."""
+    import csv
+
+    from edh.workflows.run import CURVES_FILE, METRICS_FILE
+
+    figures = []
+    if (run_dir / "confusion_matrix.png").is_file():
+        figures.append(Figure("Confusion matrix on the test split (rows: true class, columns: predicted; "
+                              "colour: share of the row)", [run_dir / "confusion_matrix.png"]))
+    if (run_dir / CURVES_FILE).is_file():
+        metrics = run_dir / METRICS_FILE
+        rows = csv.DictReader(metrics.read_text().splitlines()) if metrics.is_file() else []
+        when = "after the one epoch trained" if len({row["epoch"] for row in rows}) == 1 else "per epoch"
+        figures.append(Figure(f"Training curves: loss and validation metrics {when}", [run_dir / CURVES_FILE]))
+    return figures
 
 
 def load_config(name: str, overrides: dict[str, Any] | None = None):
@@ -113,7 +162,9 @@ def run_demo(demo: Demo, out_root: Path, quick: bool = False) -> DemoResult:
     spec = load_config(demo.config, {**demo.overrides, **({"train.epochs": 1} if quick else {})})
     run_dir = out_root / demo.name
     start = time.perf_counter()
-    extra = {"max_steps": 3, "limit_val_batches": 2, "limit_test_batches": 2} if quick else {}
+    # quick: one epoch of 3 steps, then a short validation (metrics.csv and curves.png get their one row)
+    extra = {"limit_train_batches": 3, "limit_val_batches": 2, "limit_test_batches": 2,
+             "check_val_every_n_epoch": 1} if quick else {}
     run = train_run(spec, run_dir, force=True, **extra)  # the demo trains its examples anew each time
     seconds = time.perf_counter() - start
     evaluation = evaluate_run(run, "test", run_dir, progress=False)
@@ -122,9 +173,9 @@ def run_demo(demo: Demo, out_root: Path, quick: bool = False) -> DemoResult:
     from edh.inspection.diagram import draw
 
     diagram = draw(run.model, description, run_dir / "diagram.png", title=demo.title)
-    lines = [line for head_lines in evaluation.reports.values() for line in head_lines
-             if not line.startswith("confusion matrix:")][:12]
-    pictures = example_pictures(run, run_dir)
-    pictures += [p for p in (run_dir / "confusion_matrix.png", run_dir / "curves.png") if p.is_file()]
+    tabled = {name for name, values in evaluation.metrics.items() if any("/" in key for key in values)}
+    lines = [line for name, head_lines in evaluation.reports.items() if name not in tabled  # the report tables those
+             for line in head_lines if not line.startswith("confusion matrix:")][:12]
+    pictures = example_pictures(run, run_dir) + run_figures(run_dir)
     return DemoResult(demo, run_dir, seconds, evaluation.metrics, description.render(demo.title), description,
                       diagram, pictures, lines)

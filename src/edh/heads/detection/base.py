@@ -108,13 +108,16 @@ class DetectionHead(Head):
         metrics.update([{k: d[k] for k in ("boxes", "scores", "labels")} for d in detections], truth)
 
     def summarize(self, values: dict[str, torch.Tensor], out_dir: Path | None = None) -> tuple[dict[str, float], list[str]]:
-        """``mAP`` (IoU 0.5:0.95), ``mAP@0.5``, ``mAP@0.75`` and ``mAR@100``; per-class AP lines in test."""
+        """``mAP`` (IoU 0.5:0.95), ``mAP@0.5``, ``mAP@0.75`` and ``mAR@100``; in test each class's
+        ``AP/<class>`` (AP@[.5:.95]; a class without ground truth, AP -1 in the lines, has none) and its lines."""
         names = {"map": "mAP", "map_50": "mAP@0.5", "map_75": "mAP@0.75", "mar_100": "mAR@100"}
         scalars = {label: float(values[key]) for key, label in names.items() if key in values}
         lines = []
         per_class = values.get("map_per_class")
         classes = values.get("classes")
         if per_class is not None and classes is not None and per_class.numel() > 1:
+            scalars.update({f"AP/{self.label_name(int(label))}": ap for label, ap in
+                            zip(classes.tolist(), per_class.tolist()) if ap >= 0})
             width = max(len(n) for n in self.class_names)
             lines.append(f"{'class':<{width}}  AP@[.5:.95]")
             for label, ap in zip(classes.tolist(), per_class.tolist()):
@@ -204,14 +207,22 @@ class DetectionHead(Head):
     def write_predictions(self, prediction: Detections, images: torch.Tensor, paths: list[Path],
                           out_dir: Path) -> list[Path]:
         """``<stem>.boxes.png`` per image: the original image file (or, where there is none, the model
-        input) with each box, its class and score drawn."""
+        input) with each box scoring at least `picture_min_score`, its class and score drawn."""
         from edh.heads.detection.drawing import draw_detections
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         size = tuple(images.shape[-2:])
         return [draw_detections(path, prediction[i], size, self.label_name, out_dir / f"{Path(path).stem}.boxes.png",
-                                images[i]) for i, path in enumerate(paths)]
+                                images[i], min_score=self.picture_min_score) for i, path in enumerate(paths)]
+
+    @property
+    def picture_min_score(self) -> float:
+        """The lowest score ``write_predictions`` draws: `drawing.PICTURE_MIN_SCORE` (0.3), or
+        ``score_thresh`` where higher; ``predict`` keeps lower scores (for mAP) than a picture can show."""
+        from edh.heads.detection.drawing import picture_min_score
+
+        return picture_min_score(self.score_thresh)
 
     def prediction_records(self, prediction: Detections, paths: list[Path], input_size: tuple[int, int],
                            info: Any = None) -> list[dict[str, Any]]:

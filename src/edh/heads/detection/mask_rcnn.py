@@ -273,8 +273,8 @@ class MaskRCNNHead(FasterRCNNHead):
 
     def write_predictions(self, prediction: Detections, images: torch.Tensor, paths: list[Path], out_dir: Path,
                           **kwargs: Any) -> list[Path]:
-        """``<stem>.boxes.png`` per image: the image file (or the model input) with each detection's mask,
-        box, class and score drawn; masks at the file's resolution."""
+        """``<stem>.boxes.png`` per image: the image file (or the model input) with each detection scoring
+        at least `picture_min_score` drawn: its mask, box, class and score; masks at the file's resolution."""
         from edh.heads.detection.drawing import draw_detections, image_size
 
         out_dir = Path(out_dir)
@@ -285,7 +285,8 @@ class MaskRCNNHead(FasterRCNNHead):
             shown = image_size(path) if Path(path).is_file() else size
             written.append(draw_detections(path, prediction[i], size, self.label_name,
                                            out_dir / f"{Path(path).stem}.boxes.png", images[i],
-                                           masks=self.masks_at(prediction[i], size, shown).cpu()))
+                                           masks=self.masks_at(prediction[i], size, shown).cpu(),
+                                           min_score=self.picture_min_score))
         return written
 
     def prediction_records(self, prediction: Detections, paths: list[Path], input_size: tuple[int, int],
@@ -335,7 +336,8 @@ class MaskRCNNHead(FasterRCNNHead):
 
     def summarize(self, values: dict[str, torch.Tensor], out_dir: Path | None = None) -> tuple[dict[str, float], list[str]]:
         """Box ``mAP``, ``mAP@0.5``, ``mAP@0.75``, ``mAR@100`` and mask ``mask_mAP``, ``mask_mAP@0.5``,
-        ``mask_mAP@0.75``, ``mask_mAR@100``; per-class box and mask AP lines in test."""
+        ``mask_mAP@0.75``, ``mask_mAR@100``; in test each class's box and mask AP (``AP/<class>``,
+        ``mask_AP/<class>``) and their lines."""
         if "bbox_map" not in values and "segm_map" not in values:
             return super().summarize(values, out_dir)
         box = {key[len("bbox_"):]: v for key, v in values.items() if key.startswith("bbox_") and "per_class" not in key}
@@ -346,6 +348,10 @@ class MaskRCNNHead(FasterRCNNHead):
         boxes, masks = values.get("bbox_map_per_class"), values.get("segm_map_per_class")
         classes = values.get("classes")
         if boxes is not None and masks is not None and classes is not None and boxes.numel() > 1:
+            for label, box_ap, mask_ap in zip(classes.tolist(), boxes.tolist(), masks.tolist()):
+                if box_ap >= 0:  # AP -1: a class without ground truth, it has no figures
+                    name = self.label_name(int(label))
+                    scalars[f"AP/{name}"], scalars[f"mask_AP/{name}"] = box_ap, mask_ap
             width = max(len(n) for n in self.class_names)
             lines.append(f"{'class':<{width}}  box AP@[.5:.95]  mask AP@[.5:.95]")
             lines += [f"{self.label_name(int(label)):<{width}}  {b:15.3f}  {m:16.3f}"
