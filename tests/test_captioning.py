@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +12,7 @@ import torch
 import yaml
 
 import edh
+from conftest import edh_in_process
 from edh.core.errors import SpecError
 from edh.core.features import FeatureSpec, Sequence
 from edh.data.base import DataInfo, build_data
@@ -114,7 +113,6 @@ def test_scene_captions_bundle_fills_the_decoder_and_head_from_its_tokenizer():
 
 
 # ---- end to end --------------------------------------------------------------------------------------------
-EDH = [sys.executable, "-m", "edh.cli"]
 SPEC = {
     "model": {"encoder": {"name": "conv", "channels": [8, 16, 32]},
               "decoder": {"name": "transformer", "preset": "tiny", "share_embeddings": False},
@@ -127,9 +125,8 @@ SPEC = {
 
 
 def run_edh(*args):
-    result = subprocess.run([*EDH, *map(str, args)], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"edh {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+    """``edh ARGS``' stdout, the command run in this process (``edh.cli.main``; no fresh interpreter)."""
+    return edh_in_process(*args).stdout
 
 
 @pytest.mark.slow

@@ -11,8 +11,8 @@ import edh
 from edh.workflows.surgery import parse_head_option, transfer_weights
 from edh.train.balancing import UncertaintyWeighting, make_balancing
 from edh.train.task import head_losses
-from conftest import tiny_run_spec
-from test_cli import _digit_png, edh as run_edh
+from conftest import edh_in_process as run_edh, tiny_run_spec  # each command in this process (no fresh interpreter)
+from test_cli import _digit_png
 
 TWO_HEADS = {
     "encoder": {"name": "conv", "channels": [8, 16], "in_channels": 1},

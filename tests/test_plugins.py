@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,9 @@ import torch
 import yaml
 from PIL import Image
 
+from conftest import edh_in_process
+
 PLUGINS = Path(__file__).parent / "plugins"
-EDH = [sys.executable, "-m", "edh.cli"]
 
 
 def _env(*paths: Path) -> dict[str, str]:
@@ -28,15 +28,6 @@ def _env(*paths: Path) -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("MPLBACKEND", "Agg")
     return env
-
-
-def edh(*args, env=None, check=True):
-    result = subprocess.run([*EDH, *map(str, args)], check=False, capture_output=True, text=True,
-                            env=env or _env(PLUGINS), timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"edh {' '.join(map(str, args))} failed (rc {result.returncode}):\n"
-                             f"{result.stdout}\n{result.stderr}")
-    return result
 
 
 # ---- the registry's tables, saved and restored around in-process tests -------------------------------
@@ -136,10 +127,11 @@ def test_plugin_that_fails_to_import_names_its_entry_point_and_distribution(regi
         assert "half" not in registry._REGISTRY["head"]
 
 
-def test_command_line_reports_a_broken_plugin_in_one_paragraph(tmp_path):
+def test_command_line_reports_a_broken_plugin_in_one_paragraph(registry_state, tmp_path, monkeypatch):
     make_plugin(tmp_path, "edh-plugin-broken", "[edh.datasets]\nbroken = edh_plugin_broken_data\n",
                 {"edh_plugin_broken_data.py": "raise RuntimeError('the plug-in is broken on purpose')\n"})
-    result = edh("list", "datasets", env=_env(tmp_path), check=False)
+    monkeypatch.syspath_prepend(str(tmp_path))  # found by its entry point, scanned again (registry_state)
+    result = edh_in_process("list", "datasets", check=False)  # edh.cli.main in this process
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("edh list: error: plug-in entry point 'broken'")
     assert "edh-plugin-broken" in result.stderr and "RuntimeError: the plug-in is broken on purpose" in result.stderr
@@ -209,7 +201,11 @@ def _collage_png(path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_plugin_head_and_dataset_through_every_command(tmp_path):
+def test_plugin_head_and_dataset_through_every_command(registry_state, tmp_path, monkeypatch):
+    # in this process (edh.cli.main, no fresh interpreter per command): the plug-in found on sys.path by
+    # its entry points as a new process finds it (registry_state scans them again); a real process
+    # finding it is test_import_edh_scans_no_entry_points_until_a_registry_is_used
+    monkeypatch.syspath_prepend(str(PLUGINS))
     spec = {
         "model": {"encoder": {"name": "conv", "channels": [16, 32]},
                   "heads": {"digits": {"type": "multilabel", "pool": "max", "pos_weight": 3.0}}},
@@ -220,16 +216,12 @@ def test_plugin_head_and_dataset_through_every_command(tmp_path):
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(spec))
     run, png = tmp_path / "run", _collage_png(tmp_path / "three_seven.png")
 
-    with ThreadPoolExecutor(2) as pool:  # each command is its own process; independent ones run side by side
-        listing = pool.submit(edh, "list", "--json")
-        edh("train", tmp_path / "run.yaml", "--out", run)
-        jobs = {"export": pool.submit(edh, "export", run),
-                "eval": pool.submit(edh, "eval", run),
-                "predict": pool.submit(edh, "predict", run, png, "--out", tmp_path / "pred"),
-                "describe": pool.submit(edh, "describe", run, "--json"),
-                "diagram": pool.submit(edh, "diagram", run, "--out", tmp_path / "model.svg")}
-        catalog = json.loads(listing.result().stdout)
-        out = {name: job.result().stdout for name, job in jobs.items()}
+    catalog = json.loads(edh_in_process("list", "--json").stdout)
+    edh_in_process("train", tmp_path / "run.yaml", "--out", run)
+    commands = {"export": ["export", run], "eval": ["eval", run],
+                "predict": ["predict", run, png, "--out", tmp_path / "pred"], "describe": ["describe", run, "--json"],
+                "diagram": ["diagram", run, "--out", tmp_path / "model.svg"]}
+    out = {name: edh_in_process(*argv).stdout for name, argv in commands.items()}
 
     head = next(r for r in catalog["heads"] if r["name"] == "multilabel")
     assert "conv" in head["fits"] and {"num_labels", "label_names", "threshold"} <= set(head["options"])

@@ -29,7 +29,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_run_spec
+from conftest import edh_in_process, tiny_run_spec
 
 EDH = [sys.executable, "-m", "edh.cli"]
 
@@ -131,8 +131,11 @@ def test_sigkilled_run_resumes_to_the_same_metrics(tmp_path):
     spec["train"]["epochs"] = 3
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
-    subprocess.run([*EDH, "train", str(path), "--out", str(tmp_path / "full")], check=True, capture_output=True)
-    process = subprocess.Popen([*EDH, "train", str(path), "--out", str(tmp_path / "cut")],
+    # the uninterrupted run and the resume run in this process (no fresh interpreter to start); only the
+    # run to kill is a process of its own, with this process's thread count (the same float arithmetic)
+    edh_in_process("train", path, "--out", tmp_path / "full")
+    process = subprocess.Popen([*EDH, "train", str(path), "--out", str(tmp_path / "cut"),
+                                "--threads", str(torch.get_num_threads())],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (tmp_path / "cut" / "last.ckpt").exists() and time.time() < deadline:
@@ -141,7 +144,7 @@ def test_sigkilled_run_resumes_to_the_same_metrics(tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)["global_step"] < 3 * 19
-    subprocess.run([*EDH, "train", "--resume", str(tmp_path / "cut")], check=True, capture_output=True)
+    edh_in_process("train", "--resume", tmp_path / "cut")
     assert _val_rows(tmp_path / "cut") == _val_rows(tmp_path / "full")
     expected = _weights(tmp_path / "full")
     assert all(torch.equal(value, expected[key]) for key, value in _weights(tmp_path / "cut").items())
@@ -310,15 +313,25 @@ def _ddp_spec(devices: int) -> dict:
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_match_one(tmp_path):
-    accuracy = {}
+    paths = {}
     for devices in (1, 2):
-        path = tmp_path / f"ddp{devices}.yaml"
-        path.write_text(yaml.safe_dump(_ddp_spec(devices)))
-        run_dir = tmp_path / f"run{devices}"
-        subprocess.run([*EDH, "train", str(path), "--out", str(run_dir)], check=True, capture_output=True,
-                       timeout=900)
-        out = subprocess.run([*EDH, "eval", str(run_dir), "--json"], check=True, capture_output=True, text=True)
-        accuracy[devices] = json.loads(out.stdout)["metrics"]["label"]["acc"]
+        paths[devices] = tmp_path / f"ddp{devices}.yaml"
+        paths[devices].write_text(yaml.safe_dump(_ddp_spec(devices)))
+    # DDP launches its ranks by running the command line again: a process of its own, started first;
+    # the 1-process run trains in this process meanwhile (most of the DDP run's time is its ranks starting)
+    log = tmp_path / "ddp.log"  # a file, not a pipe: nothing blocks the ranks while this process trains
+    with log.open("w") as sink:
+        ddp = subprocess.Popen([*EDH, "train", str(paths[2]), "--out", str(tmp_path / "run2")], stdout=sink,
+                               stderr=subprocess.STDOUT)
+        try:
+            edh_in_process("train", paths[1], "--out", tmp_path / "run1")
+            ddp.wait(timeout=900)
+        finally:
+            ddp.kill()
+            ddp.wait()
+    assert ddp.returncode == 0, log.read_text()
+    accuracy = {devices: json.loads(edh_in_process("eval", tmp_path / f"run{devices}", "--json").stdout)
+                ["metrics"]["label"]["acc"] for devices in (1, 2)}
     assert accuracy[2] > 0.9 and abs(accuracy[2] - accuracy[1]) <= DDP_TOLERANCE, accuracy
 
 

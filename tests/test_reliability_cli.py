@@ -389,9 +389,19 @@ def test_list_and_help_still_work(cli, capsys):
 def test_the_real_command_line(ctx, case):
     template = next(t for c, t, _ in CASES if c == case)
     argv = _argv(template, ctx)
-    for verbose in ([], ["-v"]):
-        result = subprocess.run([sys.executable, "-m", "edh.cli", *verbose, *argv], capture_output=True, text=True,
-                                timeout=300, cwd=ctx["root"])
+    # without and with -v side by side: two processes, most of whose time is spent importing torch
+    processes = {verbose: subprocess.Popen([sys.executable, "-m", "edh.cli", *verbose, *argv], stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True, cwd=ctx["root"])
+                 for verbose in ((), ("-v",))}
+    try:
+        finished = {verbose: (process.communicate(timeout=300)[1], process.returncode)
+                    for verbose, process in processes.items()}
+    finally:
+        for process in processes.values():
+            process.kill()
+            process.wait()
+    for verbose, (stderr, returncode) in finished.items():
+        result = subprocess.CompletedProcess([], returncode, "", stderr)
         assert result.returncode == USER_ERROR, result.stderr
         assert (TRACEBACK in result.stderr) == bool(verbose), result.stderr
         assert f"edh {argv[0]}: error: " in result.stderr

@@ -313,8 +313,12 @@ def test_an_error_raised_in_a_dataloader_worker_keeps_only_its_message(tmp_path)
         path.write_bytes(b"broken")
     bundle = build_data("image-folder", {"root": str(root), "image_size": 8, "val_fraction": 0.0,
                                          "test_fraction": 0.0, "augment": "none"})
-    with pytest.raises(ImageReadError) as error:
-        list(DataLoader(bundle.train, batch_size=2, num_workers=2))
+    batches = iter(DataLoader(bundle.train, batch_size=2, num_workers=2))
+    try:
+        with pytest.raises(ImageReadError) as error:
+            list(batches)
+    finally:  # left to the garbage collector (the traceback holds it), its workers take 5 s each to stop
+        batches._shutdown_workers()
     message = str(error.value)
     assert message.startswith("cannot read image ") and "/b/" in message and "\n" not in message
     assert "Traceback" not in message and "worker" not in message and isinstance(error.value, EdhError)

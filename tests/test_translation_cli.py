@@ -1,5 +1,7 @@
 """A translation run end to end through the CLI: train a tiny translator on ``numbers``, then eval
-(BLEU / chrF / exact match + examples), translate, predict --input/--out, describe and list."""
+(BLEU / chrF / exact match + examples), translate, predict --input/--out, describe and list. The commands
+run in this process through ``edh.cli.main``; whether `edh translate` loads Lightning is checked in a
+fresh one."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-EDH = [sys.executable, "-m", "edh.cli"]
+from conftest import edh_in_process as edh  # each command in this process (no fresh interpreter to start)
 
 SPEC = {
     "model": {
@@ -22,13 +24,6 @@ SPEC = {
     "train": {"epochs": 3, "lr": 0.005, "seed": 0},
     "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False},
 }
-
-
-def edh(*args, check=True):
-    result = subprocess.run([*EDH, *map(str, args)], check=False, capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"edh {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="module")
