@@ -178,6 +178,19 @@ async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float,
             "answered": len(latencies), **statuses}
 
 
+def batch_counts(url: str) -> tuple[int, int]:
+    """``(batches, items)`` so far, from edh serve's ``/metadata`` ((0, 0) for the plain endpoint)."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/metadata", timeout=30) as answer:
+            counts = json.loads(answer.read())["batching"]
+        return counts["batches"], counts["items"]
+    except Exception:  # noqa: BLE001 - the plain endpoint has no /metadata
+        return 0, 0
+
+
 def bad_bodies(good: bytes) -> list[bytes]:
     import json
 
@@ -231,11 +244,16 @@ def main() -> None:
             try:
                 for concurrency in args.levels:
                     busy = others_cores(0.5)
+                    before = batch_counts(url)
                     measured = asyncio.run(load(url, bodies, concurrency, seconds))
+                    after = batch_counts(url)
+                    batches = after[0] - before[0]
+                    measured["mean_batch"] = (after[1] - before[1]) / batches if batches else None
                     results["levels"][f"{name}/{server}/c{concurrency}"] = {**measured, "others_cores": busy}
                     rows.append({"model": name, "server": server, "concurrency": concurrency,
                                  "req/s": f"{measured['requests_per_s']:.1f}", "p50 ms": f"{measured['p50_ms']:.1f}",
                                  "p99 ms": f"{measured['p99_ms']:.1f}", "failed": measured["good_failed"] + measured["lost"],
+                                 "mean batch": f"{measured['mean_batch']:.1f}" if measured["mean_batch"] else "-",
                                  "others busy": f"{busy:.2f}"})
                     print(rows[-1], flush=True)
                 if server == "edh serve":
@@ -255,7 +273,8 @@ def main() -> None:
         p99_bound = 2 * single + BATCH_TIMEOUT_MS
         results["targets"][name] = {"speedup_c32": speedup, "target_speedup": 3.0, "p99_c32_ms": edh32["p99_ms"],
                                     "p50_c32_ms": edh32["p50_ms"], "p99_bound_ms": p99_bound}
-    print_table(rows, ["model", "server", "concurrency", "req/s", "p50 ms", "p99 ms", "failed", "others busy"],
+    print_table(rows, ["model", "server", "concurrency", "req/s", "p50 ms", "p99 ms", "mean batch", "failed",
+                       "others busy"],
                 title="edh serve vs a plain FastAPI endpoint (closed loops, 127.0.0.1)")
     for name, target in results["targets"].items():
         bad = results["bad"][name]

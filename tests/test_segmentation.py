@@ -274,3 +274,11 @@ def test_the_model_blocks_in_the_segmentation_docs_build():
         with torch.no_grad():
             outputs = model(torch.randn(1, 3, 64, 48))
         assert all(out.shape[-2:] == (64, 48) for out in outputs.values())
+
+
+def test_class_map_is_argmax_over_classes_ties_to_the_first():
+    from edh.heads.segmentation import class_map
+
+    scores = torch.randint(0, 3, (2, 5, 9, 7)).float()  # many ties
+    assert torch.equal(class_map(scores), scores.argmax(dim=1))
+    assert class_map(torch.zeros(1, 4, 3, 3)).eq(0).all()

@@ -32,12 +32,14 @@ _PACKED = WeakTensorKeyDictionary()  # weight -> (its version when packed, the p
 
 
 def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling():  # first: torch.compile cannot trace is_inference(); it packs weights itself
+        return False
     return (x.device.type == "cpu" and x.dtype == weight.dtype
             and x.dtype in (torch.float32, torch.bfloat16) and weight.dim() == 2
             and not weight.is_inference()  # made under inference_mode: no version counter to see changes by
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-            and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export() and available())
+            and not torch.onnx.is_in_onnx_export() and available())
 
 
 def _packed(weight: torch.Tensor) -> torch.Tensor:
