@@ -88,13 +88,18 @@ def _fuse_sequential(seq: nn.Sequential) -> int:
     return fused
 
 
-def _fuse_traced(module: nn.Module) -> int:
-    from edh.utils.perf import _LeafTracer
+class LeafTracer(fx.Tracer):
+    """Traces only a module's own ``forward``: every child is a leaf (also `edh.utils.perf.fold_batchnorm`'s)."""
 
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return True
+
+
+def _fuse_traced(module: nn.Module) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            graph = _LeafTracer().trace(module)
+            graph = LeafTracer().trace(module)
     except Exception:  # noqa: BLE001 - a module that does not trace is left alone
         return 0
     fused = 0

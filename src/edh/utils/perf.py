@@ -28,6 +28,8 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from edh.utils.fusion import LeafTracer, fuse_conv_relu
+
 log = logging.getLogger(__name__)
 
 _PAIRS = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d),
@@ -40,13 +42,6 @@ def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
     return (any(type(conv) is c and type(norm) is n for c, n in _PAIRS)
             and norm.track_running_stats and norm.running_mean is not None
             and norm.num_features == conv.out_channels)
-
-
-class _LeafTracer(fx.Tracer):
-    """Traces only a module's own ``forward``: every child is a leaf."""
-
-    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return True
 
 
 def _sequential_pairs(seq: nn.Sequential) -> list[tuple[str, str]]:
@@ -63,7 +58,7 @@ def _traced_pairs(module: nn.Module) -> list[tuple[str, str]]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            graph = _LeafTracer().trace(module)
+            graph = LeafTracer().trace(module)
     except Exception:  # noqa: BLE001 - any tracing failure means "do not touch"
         return []
     uses: dict[str, int] = {}  # child path -> how many nodes touch it (calls, attribute reads)
@@ -211,8 +206,6 @@ class InferenceModel(nn.Module):
                 if isinstance(layer, _LOW_PRECISION_LAYERS):
                     layer.to(torch.bfloat16)
         if bf16 and not compile:  # fp32 measured slower fused (0.86-0.97x); inductor's freezing fuses itself
-            from edh.utils.fusion import fuse_conv_relu
-
             fuse_conv_relu(self.model)
         runner = maybe_compile(self.model, enabled=compile, options={"freezing": True})
         object.__setattr__(self, "_runner", runner)  # not a submodule: its weights are self.model's
