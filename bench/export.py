@@ -69,7 +69,7 @@ def make_run(spec: dict[str, Any], path: Path):
     from edh.core.model import Model
     from edh.workflows.run import load_run, save_weights, write_spec
     from edh.core.spec import parse_run_spec
-    from edh.train.runner import resolve_spec
+    from edh.train.resolve import resolve_spec
 
     spec = parse_run_spec(spec)
     bundle = build_data(spec.data.name, spec.data.options(), spec.data.seed)

@@ -64,7 +64,7 @@ def probe_step_seconds(spec, steps: int = 12, warmup: int = 3) -> float:
     from edh.core.model import Model
     from edh.data.base import build_data
     from edh.train.batch import unpack_batch
-    from edh.train.runner import resolve_spec
+    from edh.train.resolve import resolve_spec
     from edh.train.task import combine_losses
 
     bundle = build_data(spec.data.name, spec.data.options(), spec.data.seed)

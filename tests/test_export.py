@@ -68,7 +68,7 @@ def make_run(spec: dict, path: Path, seed: int = 0):
     from edh.core.model import Model
     from edh.workflows.run import load_run, save_weights, write_spec
     from edh.core.spec import parse_run_spec
-    from edh.train.runner import resolve_spec
+    from edh.train.resolve import resolve_spec
 
     path.mkdir(parents=True, exist_ok=True)
     spec = parse_run_spec({**spec, "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}})

@@ -54,7 +54,7 @@ def _untrained_run(spec: dict, path: Path) -> Path:
     from edh.core.model import Model
     from edh.core.spec import parse_run_spec
     from edh.data.base import build_data
-    from edh.train.runner import resolve_spec
+    from edh.train.resolve import resolve_spec
     from edh.utils.io import atomic_write_text
     from edh.workflows.run import save_weights, write_spec
 

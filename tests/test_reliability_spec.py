@@ -140,7 +140,7 @@ def test_assigning_or_overriding_train_fields_is_validated():
 # ---- the head's classes against the data's -------------------------------------------------------------
 def _resolved_model(spec: dict):
     from edh.data.base import build_data
-    from edh.train.runner import resolve_spec
+    from edh.train.resolve import resolve_spec
 
     parsed = parse_run_spec(spec)
     info = build_data(parsed.data.name, parsed.data.options(), parsed.data.seed).info

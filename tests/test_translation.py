@@ -458,7 +458,7 @@ def test_ding_dictionary_pairs(tmp_path):
 
 
 def test_resolve_spec_fills_vocabulary_and_special_tokens():
-    from edh.train.runner import resolve_spec
+    from edh.train.resolve import resolve_spec
 
     bundle = build_data("numbers", {"max_number": 99}, seed=0)
     spec = RunSpec.model_validate({

@@ -38,7 +38,7 @@ def load_model_for(target: str):
     spec = load_spec(path)
     if isinstance(spec, RunSpec):
         from edh.data.base import build_data
-        from edh.train.runner import resolve_spec
+        from edh.train.resolve import resolve_spec
 
         info = build_data(spec.data.name, spec.data.options(), spec.data.seed).info
         return Model(resolve_spec(spec, info).model, pretrained=False), info

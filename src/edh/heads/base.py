@@ -34,7 +34,8 @@ class Head(nn.Module):
       ``predict`` returns: one implementation for eager and exported prediction. ``align_predictions``
       pairs up two predictions (eager, exported) so the export check compares them tensor by tensor.
     - ``format_prediction`` / ``write_predictions`` / ``prediction_records``: what ``edh predict``,
-      ``edh eval`` and the demo print, draw and write; ``prediction_settings`` (thresholds, caps:
+      ``edh eval`` and the demo print, draw and write (``picture_description``: what the drawing shows, in
+      words; ``prediction_json``: the answer of ``edh serve``); ``prediction_settings`` (thresholds, caps:
       shown by ``describe`` and ``predict``, changed by ``set_prediction_settings``) and
       ``prediction_notes`` (warnings about a result, e.g. a cap reached).
     - ``merge_tiles``: with ``tiling`` ``"boxes"``, one image's detections from its tiles, merged.
@@ -57,6 +58,8 @@ class Head(nn.Module):
         export_raw: the raw outputs (``forward``'s) can be an ONNX graph's outputs with a dynamic batch
             axis. False (e.g. per-image lists of proposals): export always puts ``postprocess`` in
             the graph, so such a head needs ``export_postprocess``.
+        class_names: the names of the classes the head predicts (classification, segmentation,
+            detection), or None for a head without classes.
         target_key: the batch target the head learns from (its spec's ``target``, else its name); set
             by `Model.bind_data` before ``bind_data`` runs, so a head can check the data's target.
         generates: the head turns decoder features into token logits (``logits``) for step-by-step
@@ -80,6 +83,7 @@ class Head(nn.Module):
     export_raw: bool = True
     generates: bool = False
     target_key: str | None = None
+    class_names: list[str] | None = None
     tiling: str | None = None
 
     def __init__(self, in_spec: FeatureSpec) -> None:
@@ -185,6 +189,10 @@ class Head(nn.Module):
     def write_predictions(self, prediction: Any, images: torch.Tensor, paths: list[Path], out_dir: Path) -> list[Path]:
         """Write pictures of the predictions (overlays, boxes) to ``out_dir``; return the files written."""
         return []
+
+    def picture_description(self) -> str:
+        """What ``write_predictions``' pictures show, in a few words, for captions (the demo report)."""
+        return ""
 
     def prediction_records(self, prediction: Any, paths: list[Path], input_size: tuple[int, int],
                            info: Any = None) -> list[dict[str, Any]]:

@@ -124,6 +124,9 @@ class ClassificationHead(Head):
             lines.append(f"confusion matrix: {path}")
         return scalars, lines
 
+    def picture_description(self) -> str:
+        return "each titled with its top class and probability"
+
     def write_predictions(self, prediction: dict[str, Any], images: torch.Tensor, paths: list[Path],
                           out_dir: Path) -> list[Path]:
         """One grid of the images, each titled with its top-1 label and probability."""

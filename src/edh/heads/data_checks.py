@@ -122,7 +122,7 @@ def check_classes(head: Any, target: DataTarget | None, first: int = 0, what: st
                     "a label. Set num_classes: %d unless other data will fill them", path, have, target.dataset, need,
                     what, target.key, have - need, need)
         return
-    names = getattr(head, "class_names", None)
+    names = head.class_names
     numbered = [[str(i) for i in range(start, start + len(names or []))] for start in (0, 1)]  # default names
     if target.class_names and names and list(names) != list(target.class_names) and list(names) not in numbered:
         log.warning("%s.class_names (%s) differ from the class names of %s (%s); predictions are named with the "

@@ -154,6 +154,9 @@ class ReconstructionHead(Head):
         return {"psnr": None if psnr is None else round(float(psnr[index]), 4),
                 "image_png": png_base64((pixels * 255).round().byte().permute(1, 2, 0).squeeze(-1).numpy())}
 
+    def picture_description(self) -> str:
+        return "the inputs above their reconstructions"
+
     def write_predictions(self, prediction: dict[str, Any], images: torch.Tensor, paths: list[Path],
                           out_dir: Path, columns: int = 8) -> list[Path]:
         """Inputs above their reconstructions: ``OUT/<first image>_reconstructions.png``."""

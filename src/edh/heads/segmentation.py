@@ -207,6 +207,9 @@ class SegmentationHead(Head):
         return {"mask_png": png_base64(pixels), "size": list(mask.shape), "class_names": list(self.class_names),
                 "fractions": {self.class_names[i]: round(c / total, 6) for i, c in enumerate(counts) if c}}
 
+    def picture_description(self) -> str:
+        return "each pixel coloured by its predicted class"
+
     def write_predictions(self, prediction: dict[str, Any], images: torch.Tensor, paths: list[Path],
                           out_dir: Path) -> list[Path]:
         """``<stem>.overlay.png`` per image: the image file (or, where there is none, the model input)

@@ -200,10 +200,9 @@ class Engine:
         for name, head in (self.tasks or {self.translator.head_name: self.translator.head}).items():
             spec_head = spec.model.heads.get(name)
             entry: dict[str, Any] = {"type": spec_head.type if spec_head is not None else type(head).__name__,
-                                     "task": type(head).__name__}
-            classes = getattr(head, "class_names", None)
-            if classes:
-                entry["class_names"] = [str(c) for c in classes]
+                                     "task": head.task}
+            if head.class_names:
+                entry["class_names"] = [str(c) for c in head.class_names]
             entry.update({k: v for k, v in head.prediction_settings().items()})
             heads[name] = entry
         size = tuple(info.image_size) if info.image_size else None

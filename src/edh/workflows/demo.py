@@ -100,22 +100,11 @@ def example_pictures(run, out_dir: Path, count: int = 8, shown: int = 4) -> list
 
 
 def prediction_caption(name: str, head, images: int) -> str:
-    """What the pictures of head ``name``'s predictions on ``images`` test images show, in words."""
-    from edh.heads.classification import ClassificationHead
-    from edh.heads.detection.base import DetectionHead
-    from edh.heads.reconstruction import ReconstructionHead
-    from edh.heads.segmentation import SegmentationHead
-
+    """What the pictures of head ``name``'s predictions on ``images`` test images show, in words
+    (`Head.picture_description`)."""
     caption = f"Predictions of head '{name}' on {images} test images"
-    if isinstance(head, DetectionHead):
-        return caption + f" (boxes scoring >= {head.picture_min_score:.2f}, with class and score)"
-    if isinstance(head, SegmentationHead):
-        return caption + " (each pixel coloured by its predicted class)"
-    if isinstance(head, ClassificationHead):
-        return caption + " (each titled with its top class and probability)"
-    if isinstance(head, ReconstructionHead):
-        return f"Head '{name}' on {images} test images: the inputs above their reconstructions"
-    return caption
+    shows = head.picture_description()
+    return f"{caption} ({shows})" if shows else caption
 
 
 def run_figures(run_dir: Path) -> list[Figure]:

@@ -204,6 +204,9 @@ class DetectionHead(Head):
                                "score": round(float(scores[i]), 5), "box": [round(v, 2) for v in rows[i]]})
         return {"size": list(size), "detections": detections}
 
+    def picture_description(self) -> str:
+        return f"boxes scoring >= {self.picture_min_score:.2f}, with class and score"
+
     def write_predictions(self, prediction: Detections, images: torch.Tensor, paths: list[Path],
                           out_dir: Path) -> list[Path]:
         """``<stem>.boxes.png`` per image: the original image file (or, where there is none, the model

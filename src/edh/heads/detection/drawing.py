@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def enlargement(size: tuple[int, int]) -> int:
     return max(1, -(-PICTURE_MIN_SIDE // max(1, min(size))))
 
 
+@functools.cache
 def _font_file() -> str | None:
     """A TrueType font file for the labels (matplotlib's DejaVu Sans), or None (PIL's small built-in font)."""
     try:
