@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import edh
-from edh.utils.fusion import ConvReLU, fuse_conv_relu
+from edh.utils import cpu
+from edh.utils.fusion import ConvReLU, _fusable, fuse_conv_relu
 from edh.utils.perf import InferenceModel, fold_batchnorm
 
 
@@ -37,7 +38,8 @@ def test_resnet_blocks_and_the_stem_fuse_with_identical_outputs_and_keys():
 def test_bf16_inference_model_fuses_and_agrees_with_the_unfused_model():
     model = _resnet()
     prepared = InferenceModel(model, bf16=True)
-    assert any(isinstance(m, ConvReLU) for m in prepared.modules())
+    # fused where oneDNN has bf16 kernels; an AVX2-only CPU keeps the plain convs (the fused op would raise)
+    assert any(isinstance(m, ConvReLU) for m in prepared.modules()) == cpu.native_bf16()
     assert not any(isinstance(m, ConvReLU) for m in InferenceModel(model).modules())  # fp32: unfused
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
@@ -62,3 +64,25 @@ def test_the_fallback_is_relu_of_the_conv_under_autograd_and_tracing():
                                     nn.Sequential(nn.Conv2d(3, 4, 3, padding="same"), nn.ReLU())])
 def test_what_is_not_a_plain_conv_then_relu_is_left_alone(module):
     assert fuse_conv_relu(module) == 0 and not any(isinstance(m, ConvReLU) for m in module.modules())
+
+
+def test_without_bf16_kernels_nothing_fuses_in_bf16_and_bf16_warns_once(monkeypatch, caplog):
+    """An AVX2-only CPU (no AVX-512 / AMX): oneDNN's bf16 convolution raises there, so bf16 takes the plain
+    path, `InferenceModel` does not fuse, and ``--bf16`` says it is emulated, once."""
+    monkeypatch.setattr(cpu, "native_bf16", lambda: False)
+    cpu.warn_if_bf16_is_emulated.cache_clear()
+    conv = nn.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.inference_mode():
+        assert _fusable(x, conv) and not _fusable(x.bfloat16(), conv.bfloat16())
+    model = _resnet()
+    with caplog.at_level("WARNING", logger="edh"):
+        prepared = InferenceModel(model, bf16=True)
+        InferenceModel(model, bf16=True)
+    assert not any(isinstance(m, ConvReLU) for m in prepared.modules())
+    warnings = [r for r in caplog.records if "no bfloat16 instructions" in r.getMessage()]
+    assert len(warnings) == 1 and "--bf16" in warnings[0].getMessage()
+    with torch.inference_mode():
+        out = prepared(torch.randn(1, 3, 32, 32))["label"]
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    cpu.warn_if_bf16_is_emulated.cache_clear()

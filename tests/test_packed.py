@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from edh.layers import packed
+from edh.utils import cpu
 
 pytestmark = pytest.mark.skipif(not packed.available(), reason="this PyTorch build has no oneDNN linear ops")
 
@@ -31,6 +32,16 @@ def test_matches_f_linear_for_decoding_shapes():
     with torch.inference_mode():
         torch.testing.assert_close(packed.linear(x, weight, bias).float(), F.linear(x, weight, bias).float(),
                                    atol=0.1, rtol=0.02)
+    # bf16 is packed only where oneDNN has bf16 kernels (an AVX2-only CPU has none: the packing would raise)
+    assert (weight in packed._PACKED) == cpu.native_bf16()
+
+
+def test_bf16_without_bf16_kernels_is_plain_f_linear(monkeypatch):
+    monkeypatch.setattr(cpu, "native_bf16", lambda: False)
+    x, weight = torch.randn(4, 16).bfloat16(), torch.randn(8, 16).bfloat16()
+    with torch.inference_mode():
+        assert torch.equal(packed.linear(x, weight), F.linear(x, weight))
+    assert weight not in packed._PACKED
 
 
 def test_repacks_after_an_in_place_update():

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from edh.layers import dispatch
+from edh.utils import cpu
 
 _PACKED = WeakTensorKeyDictionary()  # weight -> (its version when packed, the packed weight)
 
@@ -35,7 +36,8 @@ def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if torch.compiler.is_compiling():  # first: torch.compile cannot trace is_inference(); it packs weights itself
         return False
     return (x.device.type == "cpu" and x.dtype == weight.dtype
-            and x.dtype in (torch.float32, torch.bfloat16) and weight.dim() == 2
+            and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and cpu.native_bf16()))
+            and weight.dim() == 2
             and not weight.is_inference()  # made under inference_mode: no version counter to see changes by
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and not torch.jit.is_tracing() and not torch.jit.is_scripting()

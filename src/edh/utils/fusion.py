@@ -6,7 +6,8 @@ After BatchNorm folding, a ResNet's ``relu(conv(x))`` is two passes over the fea
 convolution applies the ReLU as a post-op in the same pass (``torch.ops.mkldnn._convolution_pointwise``,
 what inductor emits for ``--compile``). The results are identical: the same convolution, then the same
 max(0, .). `ConvReLU` falls back to ``relu(conv(x))`` wherever the fused op does not apply (autograd,
-tracing, ONNX export, torch.compile, other devices, dtypes other than float32 / bfloat16).
+tracing, ONNX export, torch.compile, other devices, dtypes other than float32 / bfloat16, bfloat16 on a CPU
+without bfloat16 kernels: `edh.utils.cpu.native_bf16`).
 
 The pairs are found as `edh.utils.perf.fold_batchnorm` finds its pairs: adjacent in an ``nn.Sequential``
 (the BatchNorm folded to ``nn.Identity`` in between), or, in any other module, by tracing its own
@@ -22,6 +23,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
+from edh.utils import cpu
 
 
 class ConvReLU(nn.Conv2d):
@@ -47,7 +50,7 @@ def _fusable(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
     return (x.device.type == "cpu" and x.dim() == 4 and x.dtype == conv.weight.dtype
-            and x.dtype in (torch.float32, torch.bfloat16)
+            and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and cpu.native_bf16()))
             and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
             and not torch.onnx.is_in_onnx_export() and torch.backends.mkldnn.is_available())
 

@@ -28,6 +28,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from edh.utils import cpu
 from edh.utils.fusion import LeafTracer, fuse_conv_relu
 
 log = logging.getLogger(__name__)
@@ -205,8 +206,10 @@ class InferenceModel(nn.Module):
             for layer in self.model.modules():
                 if isinstance(layer, _LOW_PRECISION_LAYERS):
                     layer.to(torch.bfloat16)
-        if bf16 and not compile:  # fp32 measured slower fused (0.86-0.97x); inductor's freezing fuses itself
-            fuse_conv_relu(self.model)
+        if bf16:
+            cpu.warn_if_bf16_is_emulated()
+        if bf16 and not compile and cpu.native_bf16():  # fp32 measured slower fused (0.86-0.97x); inductor's
+            fuse_conv_relu(self.model)  # freezing fuses itself; without bf16 kernels the fused op does not run
         runner = maybe_compile(self.model, enabled=compile, options={"freezing": True})
         object.__setattr__(self, "_runner", runner)  # not a submodule: its weights are self.model's
 
