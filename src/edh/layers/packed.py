@@ -33,14 +33,13 @@ _PACKED = WeakTensorKeyDictionary()  # weight -> (its version when packed, the p
 
 
 def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if torch.compiler.is_compiling():  # first: torch.compile cannot trace is_inference(); it packs weights itself
-        return False
-    return (x.device.type == "cpu" and x.dtype == weight.dtype
+    # called for every linear of every decoding step: the cheap tensor tests first, then the global state
+    # (torch.compile first of those: it cannot trace is_inference(); it packs weights itself)
+    return (x.is_cpu and x.dtype == weight.dtype and weight.dim() == 2 and not torch.compiler.is_compiling()
             and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and cpu.native_bf16()))
-            and weight.dim() == 2
             and not weight.is_inference()  # made under inference_mode: no version counter to see changes by
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and not torch._C._get_tracing_state() and not torch.jit.is_scripting()
             and not torch.onnx.is_in_onnx_export() and available())
 
 
@@ -62,7 +61,11 @@ def shape_class(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """What the packed-or-plain decision depends on: dtype, rows (rounded up to a power of two), the
     weight's ``(out, in)`` and whether there is a bias."""
     rows = max(1, x.numel() // max(1, x.shape[-1]))
-    return (str(x.dtype).removeprefix("torch."), 1 << (rows - 1).bit_length(), *weight.shape, bias is not None)
+    return (_DTYPE_NAMES.get(x.dtype) or str(x.dtype).removeprefix("torch."), 1 << (rows - 1).bit_length(),
+            *weight.shape, bias is not None)
+
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -70,12 +73,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     doc) and, for this shape class on this machine, faster (`edh.layers.dispatch`, ``$EDH_LINEAR``)."""
     if not _usable(x, weight):
         return F.linear(x, weight, bias)
-    choice = dispatch.choose("linear", shape_class(x, weight, bias),
-                             {"packed": lambda: _packed_linear(x, weight, bias),
-                              "plain": lambda: F.linear(x, weight, bias)})
-    if choice == "plain":
-        return F.linear(x, weight, bias)
-    return _packed_linear(x, weight, bias)
+    choice = dispatch.choose("linear", shape_class(x, weight, bias), {"packed": lambda: _packed_linear(x, weight, bias),
+                                                                      "plain": lambda: F.linear(x, weight, bias)})
+    if choice == "packed":
+        return _packed_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 @functools.cache
