@@ -27,9 +27,9 @@ from typing import Any
 import timm
 import torch
 import torchvision
-from common import (Contender, add_percent_of_peak, apply_threads, base_parser, check_bf16_agrees, environment,
-                    format_ratio, forward_flops, forward_step, matmul_peak_gflops, measure, noisy_warning, print_table,
-                    ratio, seed_everything, sgd_train_step, summarize, write_json)
+from common import (Contender, add_percent_of_peak, apply_threads, base_parser, bf16_target, check_bf16_agrees,
+                    environment, format_ratio, forward_flops, forward_step, matmul_peak_gflops, measure, noisy_warning,
+                    peaks_text, print_table, ratio, seed_everything, sgd_train_step, summarize, write_json)
 
 import edh
 from edh.utils.perf import InferenceModel, prepare_for_inference
@@ -141,10 +141,11 @@ def ratios(forward_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]])
             ("edh --fast / timm default, forward", fast / forward["timm (default)"], 1.15),
             ("edh --fast / timm channels_last, forward", fast / forward["timm channels_last"], 1.0),
             (f"edh train ({edh_name}) / best peer ({peer_name})", edh_train / peer_train, 1.0),
-            ("edh --bf16 / edh --fast (fp32), forward", forward[BF16] / fast, 1.9),
-            ("edh --bf16 / timm channels_last + bf16 autocast, forward", forward[BF16] / forward[TIMM_BF16], 1.3),
-            ("edh --bf16 / timm bf16 weights, forward", forward[BF16] / forward[TIMM_BF16_WEIGHTS], 1.3),
-            ("edh --bf16 / torchvision bf16 autocast, forward", forward[BF16] / forward[TV_BF16], 1.3),
+            ("edh --bf16 / edh --fast (fp32), forward", forward[BF16] / fast, bf16_target(1.9)),
+            ("edh --bf16 / timm channels_last + bf16 autocast, forward", forward[BF16] / forward[TIMM_BF16],
+             bf16_target(1.3)),
+            ("edh --bf16 / timm bf16 weights, forward", forward[BF16] / forward[TIMM_BF16_WEIGHTS], bf16_target(1.3)),
+            ("edh --bf16 / torchvision bf16 autocast, forward", forward[BF16] / forward[TV_BF16], bf16_target(1.3)),
             ("edh bf16 weights, bf16 input / edh --fast (fp32), forward",
              forward["edh bf16 weights, bf16 input"] / fast, None),
             ("edh --compile / edh --fast, forward", forward[COMPILED] / fast, None),
@@ -172,7 +173,7 @@ def main() -> None:
     env["matmul_peak_gflops"] = peaks
     print(f"torch {env['torch']}, {threads} threads (torch.get_num_threads), {env['cpu']}; "
           f"{repeats} round-robin repeats, medians; flags {' '.join(env['cpu_flags'])}; oneDNN {env['onednn']}; "
-          f"matmul peak fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
+          + peaks_text(peaks), flush=True)
     seed_everything(0)
     images = torch.randn(FORWARD_BATCH, 3, FORWARD_SIZE, FORWARD_SIZE)
     train_images = torch.randn(TRAIN_BATCH, 3, TRAIN_SIZE, TRAIN_SIZE)

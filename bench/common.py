@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from edh.utils import cpu
 from edh.utils.perf import autocast, to_channels_last
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -160,8 +161,8 @@ def summarize(contenders: list[Contender], samples: dict[str, list[Sample]],
 
 def format_table(rows: list[dict[str, Any]], columns: list[str], title: str | None = None) -> str:
     """A plain-text table of ``columns`` from ``rows``; floats get 1 decimal."""
-    cells = [[f"{row.get(col, ''):.1f}" if isinstance(row.get(col), float) else str(row.get(col, ""))
-              for col in columns] for row in rows]
+    cells = [[f"{row.get(col, ''):.1f}" if isinstance(row.get(col), float)
+              else "-" if row.get(col, "") is None else str(row.get(col, "")) for col in columns] for row in rows]
     widths = [max(len(col), *(len(line[i]) for line in cells)) for i, col in enumerate(columns)]
     lines = ["  ".join(col.ljust(w) for col, w in zip(columns, widths)),
              "  ".join("-" * w for w in widths)]
@@ -235,14 +236,19 @@ def environment() -> dict[str, Any]:
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def matmul_peak_gflops(dtype: torch.dtype = torch.float32, size: int = 1024, seconds: float = 0.5) -> float:
+def matmul_peak_gflops(dtype: torch.dtype = torch.float32, size: int = 1024, seconds: float = 0.5) -> float | None:
     """The machine's attainable matmul rate in GFLOP/s for ``dtype``, at the current thread count.
 
     Times square ``size`` x ``size`` matmuls (2 * size**3 FLOPs each, oneDNN / MKL underneath) for about
     ``seconds`` and keeps the best call, so a busy moment lowers the figure less than a mean would. The
     "% of peak" figures divide a model's achieved GFLOP/s by this; for bf16 it is the AMX / AVX-512-BF16
-    rate where the CPU has them, so a bf16 forward is judged against what bf16 can reach here.
+    rate where the CPU has them, so a bf16 forward is judged against what bf16 can reach here. None for
+    bf16 on a CPU without bfloat16 instructions (AVX2 only: `edh.utils.cpu.native_bf16`): PyTorch
+    emulates it there (a 1024 x 1024 bf16 matmul ran at 1 GFLOP/s on an AMD EPYC with AVX2), so no
+    bf16 peak exists to judge by.
     """
+    if dtype == torch.bfloat16 and not cpu.native_bf16():
+        return None
     a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
     with torch.inference_mode():
         for _ in range(3):
@@ -253,6 +259,39 @@ def matmul_peak_gflops(dtype: torch.dtype = torch.float32, size: int = 1024, sec
             torch.mm(a, b)
             best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
+
+
+def stream_gb_per_s(mib: int = 256, repeats: int = 5) -> float:
+    """The machine's memory read bandwidth in GB/s: the best of ``repeats`` sums over a ``mib`` MiB
+    tensor (far larger than any cache), at the current thread count."""
+    data = torch.ones(mib * 2**20 // 4)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            data.sum()
+            best = min(best, time.perf_counter() - start)
+    return data.numel() * 4 / best / 1e9
+
+
+def hot_and_cold_us(run: Callable[[], Any], repeats: int = 31, flush_mib: int = 64) -> tuple[float, float]:
+    """Median microseconds of ``run()`` called back to back (its data in cache: hot) and right after
+    writing ``flush_mib`` MiB (its data evicted to memory: cold, as each weight of a decoding step is by
+    the time the next step reads it again, once the step reads more than the caches hold)."""
+    flush = torch.zeros(flush_mib * 2**20 // 4)
+    hot, cold = [], []
+    for _ in range(3):
+        run()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        hot.append(time.perf_counter() - start)
+    for _ in range(repeats):
+        flush.add_(1.0)
+        start = time.perf_counter()
+        run()
+        cold.append(time.perf_counter() - start)
+    return statistics.median(hot) * 1e6, statistics.median(cold) * 1e6
 
 
 def percent_of_peak(flops: float, seconds: float, peak_gflops: float) -> float:
@@ -304,8 +343,22 @@ def add_percent_of_peak(rows: list[dict[str, Any]], flops_per_item: float, peaks
     `matmul_peak_gflops`), and ``peak`` naming which."""
     for row in rows:
         precision = "bf16" if "bf16" in str(row.get("dtype", "")) else "fp32"
-        row["pct_of_peak"] = percent_of_peak(flops_per_item * row["items_per_s"], 1.0, peaks[precision])
-        row["peak"] = precision
+        peak = peaks.get(precision)
+        row["pct_of_peak"] = percent_of_peak(flops_per_item * row["items_per_s"], 1.0, peak) if peak else None
+        row["peak"] = precision if peak else f"{precision}: emulated"
+
+
+def peaks_text(peaks: dict[str, float | None]) -> str:
+    """``matmul peak fp32 155 GFLOP/s, bf16 1253 GFLOP/s`` (bf16 ``emulated`` where the CPU has no bf16
+    instructions)."""
+    return "matmul peak " + ", ".join(f"{name} {value:.0f} GFLOP/s" if value else f"{name} emulated (no bf16 "
+                                      "instructions)" for name, value in peaks.items())
+
+
+def bf16_target(target: float) -> float | None:
+    """``target`` for a bf16-vs-bf16 ratio, or None on a CPU that emulates bf16 (AVX2 only): every
+    contender is then several times slower than its fp32, and edh says so (`edh.utils.cpu`)."""
+    return target if cpu.native_bf16() else None
 
 
 def peak_rss_mib() -> float:

@@ -35,8 +35,8 @@ from typing import Any, Callable
 
 import torch
 import torchvision
-from common import (Contender, apply_threads, base_parser, environment, format_ratio, matmul_peak_gflops, measure,
-                    print_table, ratio, seed_everything, summarize, write_json)
+from common import (Contender, apply_threads, base_parser, bf16_target, environment, format_ratio, matmul_peak_gflops,
+                    measure, print_table, ratio, seed_everything, summarize, write_json)
 
 import edh
 from edh.compat.torchvision_detection import fasterrcnn_resnet50_fpn_spec, load_fasterrcnn_weights
@@ -244,7 +244,7 @@ def fasterrcnn_ratios(eval_rows: list[dict], train_rows: list[dict]) -> list[dic
         ratio("edh eager (as built) / torchvision, eval forward", rate["edh faster_rcnn eager (as built)"] / rate[tv]),
         ratio("edh prepared + bf16 / torchvision, eval forward",
               rate["edh faster_rcnn prepared + bf16 autocast"] / rate[tv]),
-        ratio("edh --bf16 / torchvision bf16 autocast, eval forward", rate[EDH_BF16] / rate[TV_BF16], 1.3),
+        ratio("edh --bf16 / torchvision bf16 autocast, eval forward", rate[EDH_BF16] / rate[TV_BF16], bf16_target(1.3)),
         ratio("edh bf16 autocast / torchvision fp32, train step", train[tv] / train["edh faster_rcnn bf16 autocast"]),
     ]
 

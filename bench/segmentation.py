@@ -33,9 +33,9 @@ from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
-from common import (Contender, add_percent_of_peak, apply_threads, base_parser, check_bf16_agrees, environment,
-                    format_ratio, forward_flops, forward_step, matmul_peak_gflops, measure, noisy_warning, print_table,
-                    ratio, seed_everything, sgd_train_step, summarize, write_json)
+from common import (Contender, add_percent_of_peak, apply_threads, base_parser, bf16_target, check_bf16_agrees,
+                    environment, format_ratio, forward_flops, forward_step, matmul_peak_gflops, measure, noisy_warning,
+                    peaks_text, print_table, ratio, seed_everything, sgd_train_step, summarize, write_json)
 
 import edh
 from edh.utils.perf import InferenceModel, prepare_for_inference, to_channels_last
@@ -149,8 +149,8 @@ def ratios(forward_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]])
                 ("forward / smp channels_last", fast / forward["smp channels_last"], 1.0),
                 ("train step / smp default", edh_train / train["smp contiguous"], 1.2),
                 ("train step / smp channels_last", edh_train / train["smp channels_last"], 1.0),
-                ("edh --bf16 / smp bf16 autocast, forward", forward[BF16] / forward[SMP_BF16], 1.3),
-                ("edh --bf16 / smp bf16 weights, forward", forward[BF16] / forward[SMP_BF16_WEIGHTS], 1.3)]
+                ("edh --bf16 / smp bf16 autocast, forward", forward[BF16] / forward[SMP_BF16], bf16_target(1.3)),
+                ("edh --bf16 / smp bf16 weights, forward", forward[BF16] / forward[SMP_BF16_WEIGHTS], bf16_target(1.3))]
 
     out = [ratio(name, value, target) for name, value, target in values("items_per_s")]
     for r, (_, best, _) in zip(out, values("best_items_per_s")):
@@ -195,7 +195,7 @@ def main() -> None:
                                          "bf16": matmul_peak_gflops(torch.bfloat16)}
     print(f"torch {env['torch']}, smp {smp.__version__}, {threads} threads, {env['cpu']}; "
           f"{repeats} round-robin repeats, medians; flags {' '.join(env['cpu_flags'])}; oneDNN {env['onednn']}; "
-          f"matmul peak fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
+          + peaks_text(peaks), flush=True)
     results = {arch: bench_arch(arch, repeats, forward_calls, args.max_wait, peaks) for arch in args.only}
     print("\nsummary: edh / smp, medians (targets: >= 1.2x default, >= 1.0x channels_last)")
     print(f"{'decoder':<14} {'params edh':>11} {'params smp':>11} {'fwd/default':>11} {'fwd/CL':>7} "

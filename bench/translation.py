@@ -16,6 +16,9 @@ on sub-layer outputs only.
   as extra rows; the targets are for fp32 against fp32.
 - train step: batch 32, 32 source + 32 target tokens, forward + cross-entropy + backward + AdamW,
   train mode; tokens/s counts target tokens.
+- where edh's greedy step goes: each linear of the step (the decoder's 18 and the output layer) timed at
+  the step's shapes, hot (called back to back) and cold (right after a 64 MiB write evicts the caches),
+  against the measured time per token and the machine's stream bandwidth (``--no-profile`` skips it).
 
 Contenders of a group run round-robin (``common.measure``); medians reported, results also in
 ``bench/results/translation.json``.
@@ -28,10 +31,11 @@ import gc
 from typing import Any, Callable
 
 import torch
-from common import (Contender, apply_threads, base_parser, environment, format_ratio, measure, noisy_warning,
-                    print_table, ratio, seed_everything, summarize, write_json)
+from common import (Contender, apply_threads, base_parser, environment, format_ratio, hot_and_cold_us, measure,
+                    noisy_warning, print_table, ratio, seed_everything, stream_gb_per_s, summarize, write_json)
 
 import edh
+from edh.layers import packed
 from edh.ops.generation import generate
 
 VOCAB, D_MODEL, LAYERS, HEADS, FFN = 8000, 256, 3, 4, 1024
@@ -136,8 +140,49 @@ def check_same_size(edh_model, marian) -> dict[str, int]:
     return counts
 
 
+def step_linears(model) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
+    """``(kind, weight, bias)`` of every linear a greedy step of edh's translator runs, in step order."""
+    out = []
+    for layer in model.decoder.layers:
+        out += [("self-attn qkv", layer.self_attn.qkv), ("self-attn out", layer.self_attn.out),
+                ("cross-attn q", layer.cross_attn.q), ("cross-attn out", layer.cross_attn.out),
+                ("ffn 1", layer.mlp.fc1), ("ffn 2", layer.mlp.fc2)]
+    out = [(kind, linear.weight, linear.bias) for kind, linear in out]
+    head = model.heads["tokens"]
+    return out + [("output layer", head.weight, head.bias)]
+
+
+def step_profile(model, ms_per_token: float) -> dict[str, Any]:
+    """Hot and cold time of each linear of a greedy step at batch ``GEN_BATCH`` (as `generate` runs them,
+    through `edh.layers.packed`), summed per kind, against the measured time per token."""
+    kinds: dict[str, dict[str, float]] = {}
+    with torch.inference_mode():
+        for kind, weight, bias in step_linears(model):
+            x = torch.randn(GEN_BATCH, 1, weight.shape[1])
+            hot, cold = hot_and_cold_us(lambda: packed.linear(x, weight, bias))
+            row = kinds.setdefault(kind, {"weights_mb": 0.0, "hot_us": 0.0, "cold_us": 0.0})
+            row["weights_mb"] += weight.numel() * weight.element_size() / 1e6
+            row["hot_us"] += hot
+            row["cold_us"] += cold
+    total = {key: sum(row[key] for row in kinds.values()) for key in ("weights_mb", "hot_us", "cold_us")}
+    bandwidth = stream_gb_per_s()
+    print(f"\nwhere edh's greedy step goes (batch {GEN_BATCH}; per token: {ms_per_token * 1000:.0f} us measured, "
+          "encoder included)")
+    print(f"{'linears':16s} {'weights MB':>10s} {'hot us':>8s} {'cold us':>8s}")
+    for kind, row in kinds.items():
+        print(f"{kind:16s} {row['weights_mb']:10.2f} {row['hot_us']:8.0f} {row['cold_us']:8.0f}")
+    print(f"{'all':16s} {total['weights_mb']:10.2f} {total['hot_us']:8.0f} {total['cold_us']:8.0f}")
+    floor_us = total["weights_mb"] / bandwidth * 1e3
+    print(f"the step's linears take {100 * total['cold_us'] / (ms_per_token * 1000):.0f} % of a token's time with "
+          f"their weights cold ({100 * total['hot_us'] / (ms_per_token * 1000):.0f} % hot); streaming "
+          f"{total['weights_mb']:.1f} MB at this machine's {bandwidth:.1f} GB/s would take {floor_us:.0f} us")
+    return {"kinds": kinds, "total": total, "stream_gb_per_s": bandwidth, "ms_per_token": ms_per_token,
+            "stream_floor_us": floor_us}
+
+
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--no-profile", action="store_true", help="skip the hot / cold profile of edh's step")
     args = parser.parse_args()
     threads = apply_threads(args.threads)
     repeats = 2 if args.quick else args.repeats
@@ -178,6 +223,9 @@ def main() -> None:
             print(noisy_warning(rows))
         report["groups"][group] = rows
         results[group] = {_key(r): (r["items_per_s"], r["best_items_per_s"]) for r in rows}
+    if not args.no_profile:
+        edh_greedy = next(r for r in report["groups"]["greedy"] if r["name"].startswith("edh generate"))
+        report["step_profile"] = step_profile(edh_model, edh_greedy["ms_per_step"] / NEW_TOKENS)
     del groups
     gc.collect()
     edh_train, marian_train = build_edh(), build_marian()

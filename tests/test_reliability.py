@@ -297,6 +297,22 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     assert _final_acc(run) > 0.5  # fp32 reaches ~0.75 here; bf16 must learn too
 
 
+def test_bf16_precision_on_a_cpu_without_bf16_kernels_warns(tmp_path, monkeypatch, caplog):
+    """An AVX2-only CPU emulates bfloat16 (several times slower than float32): training in bf16 says so."""
+    from edh.core.spec import parse_run_spec
+    from edh.train.runner import make_trainer
+    from edh.utils import cpu
+
+    monkeypatch.setattr(cpu, "native_bf16", lambda: False)
+    cpu.warn_if_bf16_is_emulated.cache_clear()
+    spec = tiny_run_spec(epochs=1)
+    spec["trainer"]["precision"] = "bf16-mixed"
+    with caplog.at_level(logging.WARNING, logger="edh"):
+        make_trainer(parse_run_spec(spec), tmp_path / "run", accelerator="cpu")
+    cpu.warn_if_bf16_is_emulated.cache_clear()
+    assert "trainer.precision: bf16-mixed: this CPU" in caplog.text and "no bfloat16 instructions" in caplog.text
+
+
 # ---- distributed ------------------------------------------------------------------------------------
 # Test accuracy, 2 processes x batch 32 vs 1 process x batch 64 (the same effective batch and optimizer
 # steps). Measured (4 epochs, digits test split of 359 images): 0.944 vs 0.955 (1 process x batch 32:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edh.data.base import DataBundle, build_data
+from edh.utils import cpu
 from edh.utils.io import FolderLock, atomic_write_text, remove_stale_temp_files
 from edh.utils.threads import apply_spec_threads
 from edh.workflows.run import (CKPT_FILE, METRICS_FILE, WEIGHTS_FILE, Run, check_resume_spec, check_writable,
@@ -104,6 +105,8 @@ def make_trainer(spec: RunSpec, run_dir: Path, callbacks: list[Any] | None = Non
     options.pop("enable_checkpointing", None)  # true (false was refused above): edh's RunCheckpoint
     options.update(overrides)
     options["logger"] = loggers or False  # csv only: edh's metrics.csv (RunFolderWriter), no Lightning logger
+    if "bf16" in str(options.get("precision", "")) and _on_cpu(options.get("accelerator", "auto")):
+        cpu.warn_if_bf16_is_emulated(f"trainer.precision: {options['precision']}")
     extra = list(callbacks or [])
     if loggers:
         from lightning.pytorch.callbacks import LearningRateMonitor
@@ -121,6 +124,15 @@ def make_trainer(spec: RunSpec, run_dir: Path, callbacks: list[Any] | None = Non
         given = {k: v for k, v in {**spec.trainer, **overrides}.items()}
         raise SpecError(f"Lightning refused the trainer options {given}: {error}. Change the spec's trainer: "
                         "section (e.g. trainer.accelerator: cpu where there is no GPU)") from None
+
+
+def _on_cpu(accelerator: Any) -> bool:
+    """Whether Lightning's ``accelerator`` option trains on the CPU here (``auto``: when no GPU is seen)."""
+    if str(accelerator) == "cpu":
+        return True
+    import torch
+
+    return str(accelerator) == "auto" and not torch.cuda.is_available()
 
 
 def launch_rank_zero() -> bool:

@@ -36,11 +36,12 @@ def capability() -> str:
 
 
 @functools.cache
-def warn_if_bf16_is_emulated() -> bool:
-    """Log one warning per process when bfloat16 has no native kernels here; True when it warned."""
+def warn_if_bf16_is_emulated(option: str = "--bf16") -> bool:
+    """Log one warning per process (and ``option``, what asked for bf16) when bfloat16 has no native
+    kernels here; True when it warned."""
     if native_bf16():
         return False
-    log.warning("bf16: this CPU (%s) has no bfloat16 instructions (oneDNN needs AVX-512, AVX-NE-CONVERT or AMX), "
-                "so bfloat16 is emulated and runs several times slower than float32; leave out --bf16 (or use "
-                "--fast) on this machine", capability())
+    log.warning("%s: this CPU (%s) has no bfloat16 instructions (oneDNN needs AVX-512, AVX-NE-CONVERT or AMX), "
+                "so bfloat16 is emulated and runs several times slower than float32; leave out %s on this "
+                "machine", option, capability(), option)
     return True
