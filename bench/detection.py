@@ -1,6 +1,7 @@
 """edh detectors against torchvision on CPU: Faster R-CNN R50-FPN (eval + train step) and one-stage detectors.
 
-Run: ``python bench/detection.py [--repeats N] [--quick] [--threads T] [--size 512]``.
+Run: ``python bench/detection.py [--repeats N] [--quick] [--threads T] [--size 512] [--bf16-rows auto|on|off]``
+(bf16 rows by default only where the CPU has bfloat16 instructions).
 
 Faster R-CNN: edh ``resnet50 -> fpn -> faster_rcnn`` against torchvision's
 ``fasterrcnn_resnet50_fpn`` built with ``min_size = max_size = 512`` (so it does not resize), both
@@ -40,6 +41,7 @@ from common import (Contender, apply_threads, base_parser, bf16_target, environm
 
 import edh
 from edh.compat.torchvision_detection import fasterrcnn_resnet50_fpn_spec, load_fasterrcnn_weights
+from edh.utils import cpu
 from edh.utils.perf import InferenceModel, autocast, prepare_for_inference, to_channels_last
 
 BATCH = 2
@@ -168,43 +170,38 @@ def check_same_detections(reference: list[dict], found: list[dict], label: str) 
     return {"counts": counts, "identical": same, "max_box_diff": diff, "found_share": share}
 
 
-def fasterrcnn_groups(size: int, repeats: int, calls: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def fasterrcnn_groups(size: int, repeats: int, calls: int, bf16: bool = True
+                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     seed_everything(0)
     images = torch.rand(BATCH, 3, size, size)
     reference = torchvision_detector("fasterrcnn_resnet50_fpn", size)
     ours = edh_fasterrcnn(reference)
-    prepared, edh_bf16 = prepare_for_inference(ours), InferenceModel(ours, bf16=True)
+    prepared = prepare_for_inference(ours)
     steps = {"torchvision": torchvision_eval(reference, images), "edh eager": edh_eval(ours, images),
-             "edh prepared": edh_eval(prepared, images, channels_last=True),
-             "torchvision bf16": torchvision_eval(reference, images, bf16=True),
-             "edh --bf16": edh_eval(edh_bf16, images)}
+             "edh prepared": edh_eval(prepared, images, channels_last=True)}
+    if bf16:
+        steps.update({"torchvision bf16": torchvision_eval(reference, images, bf16=True),
+                      "edh --bf16": edh_eval(InferenceModel(ours, bf16=True), images)})
     results = {name: step() for name, step in steps.items()}
-    with torch.inference_mode():
-        features = reference.backbone(normalise(images))
-        with autocast("cpu"):
-            bf16_features = reference.backbone(normalise(images))
-    drift = {level: ((bf16_features[level].float() - fp32).norm() / fp32.norm()).item()
-             for level, fp32 in features.items()}
-    print("torchvision bf16 autocast R50-FPN features, |diff| / |fp32| per level: "
-          + ", ".join(f"{level} {value:.3f}" for level, value in drift.items()), flush=True)
-    assert max(drift.values()) <= BF16_FEATURE_TOLERANCE, (
-        f"torchvision's bf16 autocast R50-FPN features differ from fp32 by {drift} (|diff| / |fp32|, allowed "
-        f"{BF16_FEATURE_TOLERANCE}): the bf16 path computes something else")
     checks = {name: check_same_detections(results["torchvision"], results[name], f"{name} vs torchvision")
-              for name in ("edh eager", "edh prepared", "torchvision bf16", "edh --bf16")}
+              for name in steps if name != "torchvision"}
     contenders = [
         Contender("torchvision fasterrcnn_resnet50_fpn", steps["torchvision"], BATCH, {"kind": "torchvision"}),
         Contender("edh faster_rcnn eager (as built)", steps["edh eager"], BATCH, {"kind": "edh"}),
         Contender("edh faster_rcnn prepared (CL + BN folded)", steps["edh prepared"], BATCH, {"kind": "edh"}),
-        Contender("edh faster_rcnn prepared + bf16 autocast", edh_eval(prepared, images, True, bf16=True), BATCH,
-                  {"kind": "edh", "dtype": "bf16 autocast"}),
-        Contender(TV_BF16, steps["torchvision bf16"], BATCH, {"kind": "torchvision", "dtype": "bf16 autocast"}),
-        Contender(EDH_BF16, steps["edh --bf16"], BATCH, {"kind": "edh", "dtype": "bf16 autocast, bf16 weights"}),
     ]
+    drift = bf16_drift(reference, images) if bf16 else {}
+    if bf16:
+        contenders += [
+            Contender("edh faster_rcnn prepared + bf16 autocast", edh_eval(prepared, images, True, bf16=True), BATCH,
+                      {"kind": "edh", "dtype": "bf16 autocast"}),
+            Contender(TV_BF16, steps["torchvision bf16"], BATCH, {"kind": "torchvision", "dtype": "bf16 autocast"}),
+            Contender(EDH_BF16, steps["edh --bf16"], BATCH, {"kind": "edh", "dtype": "bf16 autocast, bf16 weights"}),
+        ]
     eval_rows = summarize(contenders, measure(contenders, repeats, calls, warmup=1))
     print_table(eval_rows, COLUMNS, f"\nFaster R-CNN R50-FPN eval forward + post-processing, batch {BATCH}, "
                                     f"{size}x{size} (items = images)")
-    del contenders, steps, prepared, edh_bf16, ours, reference
+    del contenders, steps, prepared, ours, reference
     gc.collect()
     targets = targets_for(size)
     contenders = [
@@ -217,16 +214,36 @@ def fasterrcnn_groups(size: int, repeats: int, calls: int) -> tuple[dict[str, An
         Contender("edh faster_rcnn channels_last",
                   edh_train(edh_fasterrcnn(torchvision_detector("fasterrcnn_resnet50_fpn", size)), images, targets,
                             channels_last=True), BATCH, {"kind": "edh"}),
-        Contender("edh faster_rcnn bf16 autocast",
-                  edh_train(edh_fasterrcnn(torchvision_detector("fasterrcnn_resnet50_fpn", size)), images, targets,
-                            bf16=True), BATCH, {"kind": "edh bf16", "dtype": "bf16 autocast"}),
     ]
+    if bf16:
+        contenders.append(Contender(
+            "edh faster_rcnn bf16 autocast",
+            edh_train(edh_fasterrcnn(torchvision_detector("fasterrcnn_resnet50_fpn", size)), images, targets,
+                      bf16=True), BATCH, {"kind": "edh bf16", "dtype": "bf16 autocast"}))
     train_rows = summarize(contenders, measure(contenders, repeats, 1, warmup=1))
     print_table(train_rows, COLUMNS, f"\nFaster R-CNN R50-FPN train step (forward, 4 losses, backward, SGD), batch "
                                      f"{BATCH}, {size}x{size} (items = images)")
     del contenders
     gc.collect()
-    return {"eval": eval_rows, "train": train_rows, "detection_checks": checks, "bf16_feature_drift": drift}, fasterrcnn_ratios(eval_rows, train_rows)
+    return ({"eval": eval_rows, "train": train_rows, "detection_checks": checks, "bf16_feature_drift": drift},
+            fasterrcnn_ratios(eval_rows, train_rows))
+
+
+def bf16_drift(reference: Any, images: torch.Tensor) -> dict[str, float]:
+    """torchvision's bf16 autocast R50-FPN features against its fp32 ones (``|diff| / |fp32|`` per level),
+    asserted within ``BF16_FEATURE_TOLERANCE``."""
+    with torch.inference_mode():
+        features = reference.backbone(normalise(images))
+        with autocast("cpu"):
+            bf16_features = reference.backbone(normalise(images))
+    drift = {level: ((bf16_features[level].float() - fp32).norm() / fp32.norm()).item()
+             for level, fp32 in features.items()}
+    print("torchvision bf16 autocast R50-FPN features, |diff| / |fp32| per level: "
+          + ", ".join(f"{level} {value:.3f}" for level, value in drift.items()), flush=True)
+    assert max(drift.values()) <= BF16_FEATURE_TOLERANCE, (
+        f"torchvision's bf16 autocast R50-FPN features differ from fp32 by {drift} (|diff| / |fp32|, allowed "
+        f"{BF16_FEATURE_TOLERANCE}): the bf16 path computes something else")
+    return drift
 
 
 def fasterrcnn_ratios(eval_rows: list[dict], train_rows: list[dict]) -> list[dict[str, Any]]:
@@ -236,17 +253,22 @@ def fasterrcnn_ratios(eval_rows: list[dict], train_rows: list[dict]) -> list[dic
     tv, fast = "torchvision fasterrcnn_resnet50_fpn", "edh faster_rcnn prepared (CL + BN folded)"
     best_train_name = min((n for n in train if n.startswith("edh") and "bf16" not in n), key=train.get)
     together = (ms[tv] + train[tv]) / (ms[fast] + train[best_train_name])
-    return [
+    ratios = [
         ratio("edh prepared / torchvision, eval forward (2 images)", rate[fast] / rate[tv], 1.2),
         ratio(f"edh ({best_train_name.removeprefix('edh faster_rcnn ')}) / torchvision, train step",
               train[tv] / train[best_train_name], 1.2),
         ratio("edh / torchvision, eval forward + train step together", together, 1.2),
         ratio("edh eager (as built) / torchvision, eval forward", rate["edh faster_rcnn eager (as built)"] / rate[tv]),
-        ratio("edh prepared + bf16 / torchvision, eval forward",
-              rate["edh faster_rcnn prepared + bf16 autocast"] / rate[tv]),
-        ratio("edh --bf16 / torchvision bf16 autocast, eval forward", rate[EDH_BF16] / rate[TV_BF16], bf16_target(1.3)),
-        ratio("edh bf16 autocast / torchvision fp32, train step", train[tv] / train["edh faster_rcnn bf16 autocast"]),
     ]
+    if EDH_BF16 in rate:
+        ratios += [
+            ratio("edh prepared + bf16 / torchvision, eval forward",
+                  rate["edh faster_rcnn prepared + bf16 autocast"] / rate[tv]),
+            ratio("edh --bf16 / torchvision bf16 autocast, eval forward", rate[EDH_BF16] / rate[TV_BF16],
+                  bf16_target(1.3)),
+            ratio("edh bf16 autocast / torchvision fp32, train step", train[tv] / train["edh faster_rcnn bf16 autocast"]),
+        ]
+    return ratios
 
 
 def one_stage_group(size: int, repeats: int, calls: int) -> list[dict[str, Any]]:
@@ -273,14 +295,18 @@ def one_stage_group(size: int, repeats: int, calls: int) -> list[dict[str, Any]]
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0], repeats=5)
     parser.add_argument("--size", type=int, default=512, help="square input side (default 512)")
+    parser.add_argument("--bf16-rows", choices=("auto", "on", "off"), default="auto",
+                        help="the bf16 rows (auto: only on a CPU with bfloat16 instructions; emulated elsewhere, "
+                             "where each R50-FPN bf16 sample takes minutes)")
     args = parser.parse_args()
+    bf16 = args.bf16_rows == "on" or (args.bf16_rows == "auto" and cpu.native_bf16())
     threads = apply_threads(args.threads)
     repeats, calls = (2, 1) if args.quick else (args.repeats, 1)
     env = environment()
     env["matmul_peak_gflops"] = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
     print(f"torch {env['torch']}, torchvision {torchvision.__version__}, {threads} threads, {env['cpu']}; "
-          f"{repeats} round-robin repeats, medians", flush=True)
-    fasterrcnn, ratios = fasterrcnn_groups(args.size, repeats, calls)
+          f"{repeats} round-robin repeats, medians" + ("" if bf16 else "; no bf16 rows (--bf16-rows)"), flush=True)
+    fasterrcnn, ratios = fasterrcnn_groups(args.size, repeats, calls, bf16)
     print("\nFaster R-CNN ratios (medians)")
     print("\n".join(format_ratio(r) for r in ratios), flush=True)
     gc.collect()

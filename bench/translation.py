@@ -16,6 +16,9 @@ on sub-layer outputs only.
   as extra rows; the targets are for fp32 against fp32.
 - train step: batch 32, 32 source + 32 target tokens, forward + cross-entropy + backward + AdamW,
   train mode; tokens/s counts target tokens.
+- ``--compiled-step`` adds a greedy row with edh's decoder step and output layer compiled as one graph
+  (``torch.compile``, dynamic positions; its tokens checked equal to eager's first): the candidate
+  edh does not pick by itself, since compiling takes tens of seconds at first use.
 - where edh's greedy step goes: each linear of the step (the decoder's 18 and the output layer) timed at
   the step's shapes, hot (called back to back) and cold (right after a 64 MiB write evicts the caches),
   against the measured time per token and the machine's stream bandwidth (``--no-profile`` skips it).
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import time
 from typing import Any, Callable
 
 import torch
@@ -35,8 +39,8 @@ from common import (Contender, apply_threads, base_parser, environment, format_r
                     noisy_warning, print_table, ratio, seed_everything, stream_gb_per_s, summarize, write_json)
 
 import edh
-from edh.layers import packed
-from edh.ops.generation import generate
+from edh.layers import dispatch, packed
+from edh.ops.generation import generate, greedy_search
 
 VOCAB, D_MODEL, LAYERS, HEADS, FFN = 8000, 256, 3, 4, 1024
 PAD, BOS, EOS = 0, 1, 2
@@ -87,6 +91,39 @@ def edh_generate(model, src: torch.Tensor, beams: int) -> Callable[[], Any]:
     return step
 
 
+class CompiledStep:
+    """edh's decoder with its step and the LM head's logits compiled as one graph (dynamic positions)."""
+
+    def __init__(self, model) -> None:
+        self.decoder, head = model.decoder, model.heads["tokens"]
+        self.compiled = torch.compile(lambda tokens, cache: head.logits(self.decoder.step(tokens, cache)),
+                                      dynamic=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.decoder, name)
+
+    def step(self, tokens: torch.Tensor, cache: Any) -> torch.Tensor:
+        return self.compiled(tokens, cache)
+
+
+def edh_compiled_greedy(model, src: torch.Tensor) -> Callable[[], Any]:
+    stepper = CompiledStep(model)
+
+    def step() -> Any:
+        with torch.inference_mode():
+            memory = model.decoder.memory(model.encoder(src))
+            return greedy_search(stepper, lambda logits: logits, memory, NEW_TOKENS, NEW_TOKENS).tokens
+
+    started = time.perf_counter()
+    tokens = step()
+    same = torch.equal(tokens, edh_generate(model, src, 1)())
+    print(f"compiled step: first call (compiling) {time.perf_counter() - started:.1f} s; tokens equal to eager's: "
+          f"{same}", flush=True)
+    if not same:
+        raise SystemExit("the compiled step's tokens differ from eager's")
+    return step
+
+
 def hf_generate(model, src: torch.Tensor, mask: torch.Tensor, beams: int) -> Callable[[], Any]:
     def step() -> Any:
         with torch.inference_mode():
@@ -128,8 +165,9 @@ def hf_train_step(model, src, mask, tgt_in, labels) -> Callable[[], float]:
 
 
 def _key(row: dict[str, Any]) -> str:
-    """``edh`` / ``hf`` (+ `` bf16``) from a result row."""
-    return row["name"].split()[0] + (" bf16" if row.get("dtype") == "bf16" else "")
+    """``edh`` / ``hf`` (+ `` bf16``, `` compiled``) from a result row."""
+    return row["name"].split()[0] + (" bf16" if row.get("dtype") == "bf16" else "") + \
+        (" compiled" if row.get("compiled") else "")
 
 
 def check_same_size(edh_model, marian) -> dict[str, int]:
@@ -182,6 +220,8 @@ def step_profile(model, ms_per_token: float) -> dict[str, Any]:
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--compiled-step", action="store_true",
+                        help="add a greedy row with the decoder step compiled (torch.compile)")
     parser.add_argument("--no-profile", action="store_true", help="skip the hot / cold profile of edh's step")
     args = parser.parse_args()
     threads = apply_threads(args.threads)
@@ -210,6 +250,9 @@ def main() -> None:
                       {"dtype": "bf16"}),
             Contender(f"edh {kind}, bf16 weights", edh_generate(edh_bf16, src, beams), tokens, {"dtype": "bf16"}),
         ]
+        if beams == 1 and args.compiled_step:
+            groups[group].append(Contender("edh generate greedy, step compiled", edh_compiled_greedy(edh_model, src),
+                                           tokens, {"compiled": True}))
     train_src, train_mask = sources(TRAIN_BATCH, TRAIN_LEN, TRAIN_LEN // 2)
     target = torch.randint(4, VOCAB, (TRAIN_BATCH, TRAIN_LEN + 1), generator=torch.Generator().manual_seed(2))
     target[:, 0] = BOS
@@ -223,6 +266,9 @@ def main() -> None:
             print(noisy_warning(rows))
         report["groups"][group] = rows
         results[group] = {_key(r): (r["items_per_s"], r["best_items_per_s"]) for r in rows}
+    report["dispatch"] = {f"{op} {shape}": choice for (op, shape), choice in dispatch.decisions().items()}
+    print("\nedh's measured dispatch on this machine (edh.layers.dispatch):")
+    print("\n".join(f"  {key}: {choice}" for key, choice in report["dispatch"].items()), flush=True)
     if not args.no_profile:
         edh_greedy = next(r for r in report["groups"]["greedy"] if r["name"].startswith("edh generate"))
         report["step_profile"] = step_profile(edh_model, edh_greedy["ms_per_step"] / NEW_TOKENS)
@@ -249,6 +295,8 @@ def main() -> None:
     report["ratios"] += [compare(g, "edh bf16", "hf bf16", "edh / hf, both bf16 weights", None)
                          for g in ("greedy", "beam")]
     report["ratios"] += [compare(g, "edh bf16", "hf", "edh bf16 weights / hf fp32", None) for g in ("greedy", "beam")]
+    if "edh compiled" in results["greedy"]:
+        report["ratios"].append(compare("greedy", "edh compiled", "edh", "edh step compiled / eager", None))
     print("\nratios (medians)")
     print("\n".join(format_ratio(r) for r in report["ratios"]), flush=True)
     print(f"\nwrote {write_json('translation', report)}")

@@ -1,5 +1,6 @@
 """The measured dispatch: decided once per op and shape class, forced by $EDH_<OP>, and every
-candidate of the packed-or-plain linear gives F.linear's numbers."""
+candidate of the packed-or-plain linear gives F.linear's numbers, and both ways of summing beam
+search's log-probabilities give the same candidates."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from edh.layers import dispatch, packed
 @pytest.fixture(autouse=True)
 def fresh_decisions(monkeypatch):
     monkeypatch.delenv("EDH_LINEAR", raising=False)
+    monkeypatch.delenv("EDH_BEAM_SCORES", raising=False)
     dispatch.reset()
     yield
     dispatch.reset()
@@ -68,3 +70,17 @@ def test_shape_class_rounds_rows_up_to_a_power_of_two():
     weight = torch.empty(16, 8)
     assert packed.shape_class(torch.empty(3, 1, 8), weight, None) == ("float32", 4, 16, 8, False)
     assert packed.shape_class(torch.empty(32, 8).bfloat16(), weight, weight[0]) == ("bfloat16", 32, 16, 8, True)
+
+
+@pytest.mark.parametrize("choice", ["logsumexp", "log_softmax", "auto"])
+def test_both_ways_of_summing_beam_scores_agree(monkeypatch, choice):
+    from edh.ops.generation import summed_log_probs
+
+    monkeypatch.setenv("EDH_BEAM_SCORES", choice)
+    torch.manual_seed(0)
+    logits, scores = torch.randn(6, 50) * 8, torch.randn(6)
+    scores[1:4] = float("-inf")  # beams not started yet (step 0 of beam search)
+    reference = scores[:, None] + torch.log_softmax(logits.double(), dim=-1)
+    torch.testing.assert_close(summed_log_probs(logits, scores).double(), reference, atol=1e-5, rtol=1e-5)
+    key = ("beam_scores", ("torch.float32", 8, 50))
+    assert (dispatch.decisions().get(key) in ("logsumexp", "log_softmax")) == (choice == "auto")
