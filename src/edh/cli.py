@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         # also after the command (edh train SPEC --threads 2); SUPPRESS keeps a value given before it
         command.add_argument("--threads", type=thread_count, metavar="N", default=argparse.SUPPRESS,
                              help=THREADS_HELP)
-        command.set_defaults(handler=module.run, items_dest=getattr(module, "ITEMS", None))
+        command.set_defaults(handler=module.run, items_dest=getattr(module, "ITEMS", None),
+                             threads_sleep=getattr(module, "THREADS_SLEEP", False))
     return parser
 
 
@@ -57,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit codes: 0 done; 2 a user error (the message says what, where and how to
     fix it; also for bad arguments); 130 Ctrl-C (143 SIGTERM during training), with where training
     stopped and how to resume; 1 an internal error (a bug: its traceback is shown)."""
-    set_wait_policy()  # before anything imports torch: OpenMP reads it once, when torch loads
-    parser = build_parser()
+    parser = build_parser()  # imports no torch: the wait policy below must come before torch loads
     args, extras = parser.parse_known_args(argv)
+    if getattr(args, "threads_sleep", False):
+        set_wait_policy()
     if extras and getattr(args, "items_dest", None) and not any(item.startswith("-") for item in extras):
         # items after an option (edh predict RUN --top-k 3 a.png b.png): argparse fills a command's
         # list of items (its ``ITEMS``) only before the first option and leaves the rest over

@@ -1,5 +1,11 @@
 """``edh`` sub-commands, one module each: ``NAME``, ``HELP``, ``add_arguments(parser)``, ``run(args)``.
-Modules import nothing heavy at the top."""
+Modules import nothing heavy at the top.
+
+Optional: ``ITEMS`` (the list argument that may also follow the options) and ``THREADS_SLEEP = True``
+for long CPU-bound jobs (training): OpenMP threads then sleep between parallel regions
+(`edh.utils.threads.set_wait_policy`), fair on a machine shared with other busy processes. Commands
+without it keep OpenMP's default (a short spin), which latency-bound work needs: greedy generation ran
+at 0.56x with sleeping threads (``python bench/wait_policy.py``)."""
 
 COMMANDS = ["train", "eval", "predict", "describe", "list", "demo", "finetune", "embed", "diagram", "translate", "export", "serve"]
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 NAME = "demo"
 HELP = "train and evaluate the built-in example models on built-in data, printing each role table and result"
+THREADS_SLEEP = True  # a long CPU-bound job: idle OpenMP threads sleep (fair on a shared machine)
 
 
 def add_arguments(parser) -> None:

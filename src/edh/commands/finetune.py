@@ -4,6 +4,7 @@ from edh.commands import positive_int
 
 NAME = "finetune"
 HELP = "train a new run from a trained one after head surgery, keeping encoder/decoder (and fitting head) weights"
+THREADS_SLEEP = True  # a long CPU-bound job: idle OpenMP threads sleep (fair on a shared machine)
 
 
 def add_arguments(parser) -> None:

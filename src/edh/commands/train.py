@@ -4,6 +4,7 @@ from edh.commands import positive_int
 
 NAME = "train"
 HELP = "train a model from a run spec (YAML) into a run folder, or resume one"
+THREADS_SLEEP = True  # a long CPU-bound job: idle OpenMP threads sleep (fair on a shared machine)
 
 
 def add_arguments(parser) -> None:

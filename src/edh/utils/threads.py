@@ -5,10 +5,13 @@ OpenMP threads that spin while they wait for work) makes a training far slower t
 of the CPU: spinning threads burn the time slices the other processes need and are preempted in the
 middle of a parallel region, so every region waits for its slowest thread. edh therefore
 
-- asks OpenMP to sleep rather than spin between parallel regions (``OMP_WAIT_POLICY=PASSIVE``;
-  ``KMP_BLOCKTIME=0`` for Intel's OpenMP), unless the environment already says otherwise. OpenMP reads
-  these once, when torch is loaded, so `set_wait_policy` must run before ``import torch``: the ``edh``
-  command line calls it first thing;
+- for training commands (``THREADS_SLEEP`` in `edh.commands`), asks OpenMP to sleep rather than spin
+  between parallel regions (``OMP_WAIT_POLICY=PASSIVE``; ``KMP_BLOCKTIME=0`` for Intel's OpenMP), unless
+  the environment already says otherwise. OpenMP reads these once, when torch is loaded, so
+  `set_wait_policy` must run before ``import torch``: the ``edh`` command line calls it right after
+  parsing its arguments. Other commands keep OpenMP's default short spin: latency-bound work such as a
+  decoding step (a hundred small parallel regions per token) ran at 0.56x with sleeping threads
+  (``python bench/wait_policy.py``);
 - sets the number of intra-op threads: ``--threads N`` / ``train.threads``, else ``EDH_THREADS``, else
   the cores this process may run on (`os.sched_getaffinity`).
 
