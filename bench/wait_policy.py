@@ -89,8 +89,9 @@ def main() -> None:
                        "\nmedians (greedy: tokens/s, batch 8, 64 new tokens; forward: ResNet-18 --fast images/s)"))
     base = rows[0]
     for row in rows[1:]:
-        print(f"{row['policy']} / {base['policy']}: greedy {row['greedy_tokens_per_s'] / base['greedy_tokens_per_s']:.2f}x"
-              f", forward {row['forward_images_per_s'] / base['forward_images_per_s']:.2f}x")
+        greedy = row["greedy_tokens_per_s"] / base["greedy_tokens_per_s"]
+        forward = row["forward_images_per_s"] / base["forward_images_per_s"]
+        print(f"{row['policy']} / {base['policy']}: greedy {greedy:.2f}x, forward {forward:.2f}x")
     print(f"\nwrote {write_json('wait_policy', {'environment': env, 'rows': rows, 'samples': samples})}")
 
 

@@ -110,7 +110,8 @@ POLICY = """
 import json, os, sys
 from edh import cli
 code = cli.main({argv!r})
-print(json.dumps({{"code": code, "wait": os.environ.get("OMP_WAIT_POLICY"), "blocktime": os.environ.get("KMP_BLOCKTIME")}}))
+print(json.dumps({{"code": code, "wait": os.environ.get("OMP_WAIT_POLICY"),
+                  "blocktime": os.environ.get("KMP_BLOCKTIME")}}))
 """
 
 

@@ -79,9 +79,9 @@ class SelfAttention(nn.Module):
         N, _, D = x.shape
         qkv = packed.linear(x, self.qkv.weight, self.qkv.bias).view(N, 3, self.num_heads, self.head_dim)
         cache[position] = qkv[:, 1:]  # one copy for K and V
-        k, v = cache[:position + 1].permute(2, 1, 3, 0, 4)  # written positions (t, N, 2, H, Dh) -> 2 x (N, H, t, Dh)
+        k, v = cache[:position + 1].permute(2, 1, 3, 0, 4)  # written (t, N, 2, H, Dh) -> 2 x (N, H, t, Dh)
         y = F.scaled_dot_product_attention(qkv[:, 0, :, None], k, v)  # (N, H, 1, Dh)
-        return packed.linear(y.view(N, 1, D), self.out.weight, self.out.bias)
+        return packed.linear(y.reshape(N, 1, D), self.out.weight, self.out.bias)
 
 
 class CrossAttention(nn.Module):
@@ -131,4 +131,4 @@ class CrossAttention(nn.Module):
         N, _, D = x.shape
         q = packed.linear(x, self.q.weight, self.q.bias).view(N, self.num_heads, 1, self.head_dim)
         y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)  # (N, H, 1, Dh)
-        return packed.linear(y.view(N, 1, D), self.out.weight, self.out.bias)
+        return packed.linear(y.reshape(N, 1, D), self.out.weight, self.out.bias)

@@ -39,7 +39,7 @@ def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and cpu.native_bf16()))
             and not weight.is_inference()  # made under inference_mode: no version counter to see changes by
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and not torch._C._get_tracing_state() and not torch.jit.is_scripting()
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
             and not torch.onnx.is_in_onnx_export() and available())
 
 
@@ -73,8 +73,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     doc) and, for this shape class on this machine, faster (`edh.layers.dispatch`, ``$EDH_LINEAR``)."""
     if not _usable(x, weight):
         return F.linear(x, weight, bias)
-    choice = dispatch.choose("linear", shape_class(x, weight, bias), {"packed": lambda: _packed_linear(x, weight, bias),
-                                                                      "plain": lambda: F.linear(x, weight, bias)})
+    choice = dispatch.choose("linear", shape_class(x, weight, bias),
+                             {"packed": lambda: _packed_linear(x, weight, bias),
+                              "plain": lambda: F.linear(x, weight, bias)})
     if choice == "packed":
         return _packed_linear(x, weight, bias)
     return F.linear(x, weight, bias)

@@ -2,10 +2,11 @@
 
 oneDNN's bfloat16 convolutions and packed linears need AVX-512 (BW, VL, DQ), AVX-NE-CONVERT or AMX. On
 an AVX2-only CPU (AMD EPYC Zen 2 / Zen 3, most laptops before 2023) those ops raise, and PyTorch's own
-bfloat16 kernels emulate the type in float32: a ResNet-18 forward at batch 8, 224x224, took 984 ms
-under bf16 autocast against 255 ms in float32 on a 2-core AMD EPYC with AVX2 (2026-12-04). So the fused
-and packed bf16 paths (`edh.utils.fusion`, `edh.layers.packed`) ask `native_bf16` first, and
-``--bf16`` warns there (`warn_if_bf16_is_emulated`) rather than fail or run slowly without a word.
+bfloat16 kernels emulate the type: on a 2-core AMD EPYC with AVX2 (2026-12-04) edh's ``--bf16`` ResNet-18
+forward ran at 0.18x of ``--fast`` float32, and every peer's bf16 3.8-5.2x slower than its float32
+(``python bench/classification.py --archs resnet18``). So the fused and packed bf16 paths
+(`edh.utils.fusion`, `edh.layers.packed`) ask `native_bf16` first, and ``--bf16`` warns there
+(`warn_if_bf16_is_emulated`) rather than fail or run slowly without a word.
 """
 
 from __future__ import annotations
