@@ -19,6 +19,9 @@ on sub-layer outputs only.
 - ``--compiled-step`` adds a greedy row with edh's decoder step and output layer compiled as one graph
   (``torch.compile``, dynamic positions; its tokens checked equal to eager's first): the candidate
   edh does not pick by itself, since compiling takes tens of seconds at first use.
+- ``--dispatch-variants`` adds rows where the decoder's linears all take one kernel (``plain`` F.linear or
+  oneDNN ``packed``), the output layer keeping its measured choice: how the per-shape decisions, timed
+  alone with warm caches, compare with each fixed choice inside the decoding loop.
 - where edh's greedy step goes: each linear of the step (the decoder's 18 and the output layer) timed at
   the step's shapes, hot (called back to back) and cold (right after a 64 MiB write evicts the caches),
   against the measured time per token and the machine's stream bandwidth (``--no-profile`` skips it).
@@ -124,6 +127,23 @@ def edh_compiled_greedy(model, src: torch.Tensor) -> Callable[[], Any]:
     return step
 
 
+def edh_generate_decoder_linears(model, src: torch.Tensor, beams: int, kernel: str) -> Callable[[], Any]:
+    """`edh_generate` with every linear of the decoder step on ``kernel`` (the output layer as measured)."""
+    vocab = model.heads["tokens"].weight.shape[0]
+
+    def step() -> Any:
+        measured = dispatch.decisions()
+        for key in measured:
+            if key[0] == "linear" and key[1][2] != vocab:
+                dispatch._DECISIONS[key] = kernel
+        try:
+            return edh_generate(model, src, beams)()
+        finally:
+            dispatch._DECISIONS.update(measured)
+
+    return step
+
+
 def hf_generate(model, src: torch.Tensor, mask: torch.Tensor, beams: int) -> Callable[[], Any]:
     def step() -> Any:
         with torch.inference_mode():
@@ -167,7 +187,7 @@ def hf_train_step(model, src, mask, tgt_in, labels) -> Callable[[], float]:
 def _key(row: dict[str, Any]) -> str:
     """``edh`` / ``hf`` (+ `` bf16``, `` compiled``) from a result row."""
     return row["name"].split()[0] + (" bf16" if row.get("dtype") == "bf16" else "") + \
-        (" compiled" if row.get("compiled") else "")
+        (" compiled" if row.get("compiled") else "") + (f" {row['variant']}" if row.get("variant") else "")
 
 
 def check_same_size(edh_model, marian) -> dict[str, int]:
@@ -222,6 +242,8 @@ def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--compiled-step", action="store_true",
                         help="add a greedy row with the decoder step compiled (torch.compile)")
+    parser.add_argument("--dispatch-variants", action="store_true",
+                        help="add rows with the decoder's linears all plain / all packed")
     parser.add_argument("--no-profile", action="store_true", help="skip the hot / cold profile of edh's step")
     args = parser.parse_args()
     threads = apply_threads(args.threads)
@@ -250,6 +272,10 @@ def main() -> None:
                       {"dtype": "bf16"}),
             Contender(f"edh {kind}, bf16 weights", edh_generate(edh_bf16, src, beams), tokens, {"dtype": "bf16"}),
         ]
+        if args.dispatch_variants:
+            groups[group] += [Contender(f"edh {kind}, decoder linears all {kernel}",
+                                        edh_generate_decoder_linears(edh_model, src, beams, kernel), tokens,
+                                        {"variant": kernel}) for kernel in ("plain", "packed")]
         if beams == 1 and args.compiled_step:
             groups[group].append(Contender("edh generate greedy, step compiled", edh_compiled_greedy(edh_model, src),
                                            tokens, {"compiled": True}))
@@ -295,6 +321,9 @@ def main() -> None:
     report["ratios"] += [compare(g, "edh bf16", "hf bf16", "edh / hf, both bf16 weights", None)
                          for g in ("greedy", "beam")]
     report["ratios"] += [compare(g, "edh bf16", "hf", "edh bf16 weights / hf fp32", None) for g in ("greedy", "beam")]
+    for kernel in ("plain", "packed"):
+        report["ratios"] += [compare(g, f"edh {kernel}", "edh", f"edh decoder linears all {kernel} / as measured",
+                                     None) for g in ("greedy", "beam") if f"edh {kernel}" in results[g]]
     if "edh compiled" in results["greedy"]:
         report["ratios"].append(compare("greedy", "edh compiled", "edh", "edh step compiled / eager", None))
     print("\nratios (medians)")
