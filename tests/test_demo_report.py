@@ -166,3 +166,25 @@ def test_detection_heads_draw_at_their_picture_threshold(tmp_path, monkeypatch):
         empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
         head.write_predictions([empty], torch.zeros(1, 3, 64, 64), [tmp_path / "x.png"], tmp_path / "out")
     assert thresholds == [pytest.approx(0.3), pytest.approx(0.5)]
+
+
+def test_the_time_budget_is_shared_by_weight_and_left_over_time_moves_on():
+    from edh.workflows.demo import DEMOS, MIN_TRAINING_SECONDS, REPORT_SECONDS, SECONDS_AFTER_TRAINING, training_cap
+
+    weights = [d.weight for d in DEMOS]
+    budget = 600.0
+    spare = budget - SECONDS_AFTER_TRAINING * len(weights) - REPORT_SECONDS
+    first = training_cap(budget, weights)
+    assert abs(first - spare * weights[0] / sum(weights)) < 1e-9
+    # the first model finished in a tenth of its share: the others share what it left
+    second = training_cap(budget - first / 10 - SECONDS_AFTER_TRAINING, weights[1:])
+    assert second > (spare * weights[1] / sum(weights))
+    assert training_cap(5.0, weights) == MIN_TRAINING_SECONDS  # over budget: each still trains a little
+    assert training_cap(600.0, [1.0]) == 600.0 - SECONDS_AFTER_TRAINING - REPORT_SECONDS
+
+
+def test_demo_minutes_option():
+    from edh.cli import build_parser
+
+    assert build_parser().parse_args(["demo"]).minutes == 10.0
+    assert build_parser().parse_args(["demo", "--minutes", "0"]).minutes == 0.0

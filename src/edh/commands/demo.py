@@ -9,6 +9,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="runs/demo", help="where the demo run folders go (default runs/demo)")
     parser.add_argument("--only", nargs="*", help="run only these demos")
     parser.add_argument("--quick", action="store_true", help="a few steps each (a smoke test, not a result)")
+    parser.add_argument("--minutes", type=float, default=10.0,
+                        help="time budget of the whole demo (default 10): on a slower machine each model trains "
+                             "for its share of it and the report says which schedules were cut; 0: full schedules")
 
 
 def run(args) -> int:
@@ -21,10 +24,20 @@ def run(args) -> int:
     unknown = set(args.only or []) - {d.name for d in DEMOS}
     if unknown:
         raise ValueError(f"unknown demo {', '.join(sorted(unknown))}; demos: {', '.join(d.name for d in DEMOS)}")
+    import time
+
+    from edh.workflows.demo import training_cap
+
+    if args.minutes < 0:
+        raise ValueError(f"--minutes must be 0 (no budget) or more, got {args.minutes:g}")
+    deadline = time.monotonic() + args.minutes * 60
     results = []
-    for demo in chosen:
+    for index, demo in enumerate(chosen):
         print(f"\n=== {demo.title} ===", flush=True)
-        result = run_demo(demo, Path(args.out), quick=args.quick)
+        cap = training_cap(deadline - time.monotonic(), [d.weight for d in chosen[index:]]) if args.minutes else None
+        result = run_demo(demo, Path(args.out), quick=args.quick, max_train_seconds=cap)
+        if result.note:
+            print(f"note: {result.note}")
         print(result.table)
         for head, values in result.metrics.items():
             print(f"test [{head}] " + "  ".join(f"{k}={v:.4f}" for k, v in headline(values).items()))

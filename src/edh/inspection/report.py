@@ -125,11 +125,13 @@ def write_report(results: list, out_dir: str | Path) -> tuple[Path, Path]:
         sections.append(
             f"<section><h2>{html.escape(result.demo.title)}</h2>"
             f"<p class=metric>{'<br>'.join(map(html.escape, metrics))}</p>"
-            f"<p>trained and tested in {result.seconds:.0f} s; run folder <code>{html.escape(str(result.run_dir))}</code></p>"
+            f"<p>trained and tested in {result.seconds:.0f} s; run folder <code>{html.escape(str(result.run_dir))}</code>"
+            f"{'; ' + html.escape(result.note) if result.note else ''}</p>"
             f"{_role_table_html(result.description) if result.description else ''}{tables}{_figures_html(figures)}"
             f"{'<ul>' + lines + '</ul>' if lines else ''}</section>")
         markdown += [f"## {result.demo.title}", "", *[f"- {m}" for m in metrics],
-                     f"- trained and tested in {result.seconds:.0f} s (`{result.run_dir}`)", "", "```",
+                     f"- trained and tested in {result.seconds:.0f} s (`{result.run_dir}`)"
+                     + (f"; {result.note}" if result.note else ""), "", "```",
                      result.table.rstrip(), "```", ""]
         for head, values in result.metrics.items():
             markdown += _per_class_markdown(head, values)

@@ -14,27 +14,57 @@ from typing import Any
 
 @dataclass
 class Demo:
+    """One example model: its run spec (a shipped config with ``overrides``) and ``weight``, its share of
+    the demo's time (minutes it took on a 2-core AMD EPYC with AVX2, data and evaluation included)."""
     name: str
     title: str
     config: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0
 
 
 DEMOS = [  # short schedules: all of them train and evaluate in <= 10 minutes on the 2-core development machine
-    Demo("classifier", "image classifier (ResNet-18) on digits", "digits-resnet18.yaml"),
+    Demo("classifier", "image classifier (ResNet-18) on digits", "digits-resnet18.yaml", weight=2.0),
     Demo("detector", "FCOS detector (ResNet-18 + FPN + FCOS head) on scenes", "detector-fcos-scenes.yaml",
-         {"train.epochs": 8}),
+         {"train.epochs": 8}, weight=3.7),
     Demo("segmenter", "segmenter (U-Net: ResNet-18 encoder + U-Net decoder + 1x1 conv head) on scenes",
-         "unet-scenes.yaml", {"train.epochs": 6}),
+         "unet-scenes.yaml", {"train.epochs": 6}, weight=5.7),
     Demo("autoencoder", "autoencoder (conv encoder + conv-transpose decoder, no head) on digits",
-         "autoencoder-digits.yaml", {"train.epochs": 10}),
+         "autoencoder-digits.yaml", {"train.epochs": 10}, weight=0.7),
     Demo("translator", "translator (Transformer encoder-decoder + LM head) on numbers, English -> French",
-         "translator-numbers.yaml", {"train.epochs": 1}),
+         "translator-numbers.yaml", {"train.epochs": 1}, weight=0.4),
     Demo("multitask", "multi-task U-Net on scenes: a mask head after the decoder + a class head after the encoder",
-         "multitask-seg-cls-scenes.yaml", {"train.epochs": 4}),
+         "multitask-seg-cls-scenes.yaml", {"train.epochs": 4}, weight=3.9),
     Demo("captioner", "image to text (ResNet-18 encoder + Transformer decoder over its image cells + LM head) on "
-         "scene-captions", "captioner-scenes.yaml", {"train.epochs": 6, "data.num_train": 4000}),
+         "scene-captions", "captioner-scenes.yaml", {"train.epochs": 6, "data.num_train": 4000}, weight=5.0),
 ]
+SECONDS_AFTER_TRAINING = 20.0  # per model: test evaluation, pictures, its part of the report
+REPORT_SECONDS = 20.0  # once: the report, and what the command did before its clock started
+MIN_TRAINING_SECONDS = 20.0
+
+
+def training_cap(remaining_seconds: float, weights: list[float]) -> float:
+    """Seconds of training the first of the models still to run (``weights``, it first) may take so that
+    all of them end within ``remaining_seconds``: its weight's share of what is left once each model's
+    evaluation (``SECONDS_AFTER_TRAINING``) and the report (``REPORT_SECONDS``) are set aside, at least
+    ``MIN_TRAINING_SECONDS``. Models that finish early leave their time to the later ones; on a machine
+    fast enough for every full schedule no cap binds. (On a 2-core AMD EPYC with AVX2 the seven short
+    schedules need over 20 minutes: capped, the whole demo took 605 s before the report reserve.)"""
+    spare = remaining_seconds - SECONDS_AFTER_TRAINING * len(weights) - REPORT_SECONDS
+    return max(MIN_TRAINING_SECONDS, spare * weights[0] / sum(weights))
+
+
+def _epochs_trained(run_dir: Path) -> int:
+    """Whole epochs the run folder's ``metrics.csv`` records (one row per validated epoch)."""
+    import csv
+
+    from edh.workflows.run import METRICS_FILE
+
+    try:
+        rows = list(csv.DictReader((run_dir / METRICS_FILE).open()))
+    except (OSError, csv.Error):
+        return 0
+    return max((int(row["epoch"]) + 1 for row in rows if row.get("epoch", "").isdigit()), default=0)
 
 
 def config_path(name: str) -> Path:
@@ -59,6 +89,7 @@ class DemoResult:
     diagram: Path | None = None
     pictures: list[Figure] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    note: str | None = None  # said beside the time: a schedule cut short by the demo's time budget
 
 
 def example_pictures(run, out_dir: Path, count: int = 8, shown: int = 4) -> list[Figure]:
@@ -144,7 +175,10 @@ def load_config(name: str, overrides: dict[str, Any] | None = None):
     return parse_run_spec(data, name)
 
 
-def run_demo(demo: Demo, out_root: Path, quick: bool = False) -> DemoResult:
+def run_demo(demo: Demo, out_root: Path, quick: bool = False,
+             max_train_seconds: float | None = None) -> DemoResult:
+    """Train and test ``demo`` into ``out_root/<name>``; ``max_train_seconds`` stops its training early
+    (Lightning ``max_time``; the report says so when it did)."""
     from edh.workflows.evaluate import evaluate_run
     from edh.train.runner import train_run
 
@@ -152,10 +186,18 @@ def run_demo(demo: Demo, out_root: Path, quick: bool = False) -> DemoResult:
     run_dir = out_root / demo.name
     start = time.perf_counter()
     # quick: one epoch of 3 steps, then a short validation (metrics.csv and curves.png get their one row)
-    extra = {"limit_train_batches": 3, "limit_val_batches": 2, "limit_test_batches": 2,
-             "check_val_every_n_epoch": 1} if quick else {}
+    extra: dict[str, Any] = {"limit_train_batches": 3, "limit_val_batches": 2, "limit_test_batches": 2,
+                             "check_val_every_n_epoch": 1} if quick else {}
+    if max_train_seconds is not None and not quick:
+        extra["max_time"] = {"seconds": max_train_seconds}
     run = train_run(spec, run_dir, force=True, **extra)  # the demo trains its examples anew each time
     seconds = time.perf_counter() - start
+    trained = _epochs_trained(run_dir)
+    note = None
+    if "max_time" in extra and seconds >= max_train_seconds and trained < spec.train.epochs:
+        note = (f"training stopped at its {max_train_seconds:.0f} s share of the demo's time budget, before its "
+                f"{spec.train.epochs}-epoch schedule ended ({trained} epochs validated; edh demo --minutes 0: "
+                "full schedules)")
     evaluation = evaluate_run(run, "test", run_dir, progress=False)
     size = tuple(run.info.image_size) if run.info.image_size else None
     description = run.model.describe(size)
@@ -167,4 +209,4 @@ def run_demo(demo: Demo, out_root: Path, quick: bool = False) -> DemoResult:
              for line in head_lines if not line.startswith("confusion matrix:")][:12]
     pictures = example_pictures(run, run_dir) + run_figures(run_dir)
     return DemoResult(demo, run_dir, seconds, evaluation.metrics, description.render(demo.title), description,
-                      diagram, pictures, lines)
+                      diagram, pictures, lines, note)
