@@ -169,7 +169,8 @@ def test_detection_heads_draw_at_their_picture_threshold(tmp_path, monkeypatch):
 
 
 def test_the_time_budget_is_shared_by_weight_and_left_over_time_moves_on():
-    from edh.workflows.demo import DEMOS, MIN_TRAINING_SECONDS, REPORT_SECONDS, SECONDS_AFTER_TRAINING, training_cap
+    from edh.workflows.demo import (DEMOS, MIN_TRAINING_SECONDS, REPORT_SECONDS, SECONDS_AFTER_TRAINING,
+                                    training_cap)
 
     weights = [d.weight for d in DEMOS]
     budget = 600.0
