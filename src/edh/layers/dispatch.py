@@ -72,6 +72,11 @@ def choose(op: str, shape_class: Hashable, candidates: dict[str, Callable[[], ob
     return choice
 
 
+def rows_bucket(rows: int) -> int:
+    """``rows`` rounded up to a power of two: the rows part of a shape class (8 rows and 7 decide alike)."""
+    return 1 << (max(1, rows) - 1).bit_length()
+
+
 def decisions() -> dict[tuple[str, Hashable], str]:
     """A copy of the decisions made so far in this process: ``(op, shape class) -> candidate``."""
     return dict(_DECISIONS)

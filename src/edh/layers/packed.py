@@ -60,9 +60,8 @@ def _packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 def shape_class(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
     """What the packed-or-plain decision depends on: dtype, rows (rounded up to a power of two), the
     weight's ``(out, in)`` and whether there is a bias."""
-    rows = max(1, x.numel() // max(1, x.shape[-1]))
-    return (_DTYPE_NAMES.get(x.dtype) or str(x.dtype).removeprefix("torch."), 1 << (rows - 1).bit_length(),
-            *weight.shape, bias is not None)
+    return (_DTYPE_NAMES.get(x.dtype) or str(x.dtype).removeprefix("torch."),
+            dispatch.rows_bucket(x.numel() // max(1, x.shape[-1])), *weight.shape, bias is not None)
 
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}

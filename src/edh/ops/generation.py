@@ -83,8 +83,7 @@ def summed_log_probs(logits: torch.Tensor, scores: torch.Tensor) -> torch.Tensor
     ``$EDH_BEAM_SCORES``): ``logsumexp`` (``logits - logsumexp + score``, one pass over the logits after the
     reduction: 7x faster than the other on an Intel Xeon with AMX at (32, 8000)) or ``log_softmax`` (then
     adding the scores: faster on an AVX2-only AMD EPYC, where ``logsumexp`` is the slower kernel)."""
-    rows = 1 << (max(1, logits.shape[0]) - 1).bit_length()
-    choice = dispatch.choose("beam_scores", (str(logits.dtype), rows, logits.shape[1]),
+    choice = dispatch.choose("beam_scores", (str(logits.dtype), dispatch.rows_bucket(logits.shape[0]), logits.shape[1]),
                              {"logsumexp": lambda: _by_logsumexp(logits, scores),
                               "log_softmax": lambda: _by_log_softmax(logits, scores)})
     return _by_logsumexp(logits, scores) if choice == "logsumexp" else _by_log_softmax(logits, scores)

@@ -105,8 +105,6 @@ def make_trainer(spec: RunSpec, run_dir: Path, callbacks: list[Any] | None = Non
     options.pop("enable_checkpointing", None)  # true (false was refused above): edh's RunCheckpoint
     options.update(overrides)
     options["logger"] = loggers or False  # csv only: edh's metrics.csv (RunFolderWriter), no Lightning logger
-    if "bf16" in str(options.get("precision", "")) and _on_cpu(options.get("accelerator", "auto")):
-        cpu.warn_if_bf16_is_emulated(f"trainer.precision: {options['precision']}")
     extra = list(callbacks or [])
     if loggers:
         from lightning.pytorch.callbacks import LearningRateMonitor
@@ -117,22 +115,18 @@ def make_trainer(spec: RunSpec, run_dir: Path, callbacks: list[Any] | None = Non
         extra.append(PlainProgress())
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    from lightning.pytorch.accelerators import CPUAccelerator
+
     try:
-        return L.Trainer(callbacks=[checkpoint, RunFolderWriter(run_dir), *extra],
-                         plugins=[AtomicCheckpointIO()], **options)
+        trainer = L.Trainer(callbacks=[checkpoint, RunFolderWriter(run_dir), *extra],
+                            plugins=[AtomicCheckpointIO()], **options)
     except (MisconfigurationException, ValueError, TypeError, ImportError) as error:
         given = {k: v for k, v in {**spec.trainer, **overrides}.items()}
         raise SpecError(f"Lightning refused the trainer options {given}: {error}. Change the spec's trainer: "
                         "section (e.g. trainer.accelerator: cpu where there is no GPU)") from None
-
-
-def _on_cpu(accelerator: Any) -> bool:
-    """Whether Lightning's ``accelerator`` option trains on the CPU here (``auto``: when no GPU is seen)."""
-    if str(accelerator) == "cpu":
-        return True
-    import torch
-
-    return str(accelerator) == "auto" and not torch.cuda.is_available()
+    if "bf16" in str(trainer.precision) and isinstance(trainer.accelerator, CPUAccelerator):
+        cpu.warn_if_bf16_is_emulated(f"trainer.precision: {trainer.precision}")
+    return trainer
 
 
 def launch_rank_zero() -> bool:
