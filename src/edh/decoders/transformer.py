@@ -26,8 +26,9 @@ class DecoderCache(StepCache):
     Attributes:
         self_kv: ``(T_max, N, L, 2, H, Dh)`` self-attention keys / values, preallocated and written
             in place one position per step.
-        memory_kv: ``(L, 2, N, H, S, Dh)`` cross-attention keys / values, computed once.
-        memory_mask: ``(N, 1, 1, S)`` additive mask of the source padding, or None.
+        memory_kv: ``(L, 2, B, H, S, Dh)`` cross-attention keys / values, computed once per source
+            (``B`` sources; their ``N / B`` beams are consecutive rows).
+        memory_mask: ``(B, 1, 1, S)`` additive mask of the source padding, or None.
         length: positions written so far.
     """
 
@@ -223,16 +224,12 @@ class TransformerDecoder(StepDecoder):
         Args:
             features: the encoder's `Sequence` ``(B, S, C)``.
             max_new_tokens: positions to preallocate.
-            beam_size: rows per source (each source's memory is repeated ``beam_size`` times).
+            beam_size: rows per source (consecutive rows; they share the source's memory keys / values).
         """
         self.check_length(max_new_tokens)
         memory, padding = features
         L, H, Dh = len(self.layers), self.num_heads, self.head_dim
-        memory_kv = self._memory_kv(memory)
-        if beam_size > 1:
-            memory_kv = memory_kv.repeat_interleave(beam_size, dim=2)  # (L, 2, B*K, H, S, Dh)
-            padding = None if padding is None else padding.repeat_interleave(beam_size, dim=0)
-        memory_kv = memory_kv.contiguous()
+        memory_kv = self._memory_kv(memory).contiguous()  # once per source: its beams share it (CrossAttention.step)
         rows = memory.shape[0] * beam_size
         self_kv = memory_kv.new_empty(max_new_tokens, rows, L, 2, H, Dh)
         return DecoderCache(self_kv, memory_kv, additive_mask(padding, memory_kv.dtype))

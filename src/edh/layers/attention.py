@@ -123,12 +123,17 @@ class CrossAttention(nn.Module):
     def step(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """One position per row against precomputed memory keys / values.
 
+        ``kv`` may hold one memory per group of ``N / B`` consecutive rows (beam search's beams of one
+        source): those rows then attend as that memory's queries, so its keys and values are stored and
+        read once, not once per beam.
+
         Args:
             x: ``(N, 1, D)``.
-            kv: ``(2, N, H, S, Dh)`` from `memory_kv`.
-            mask: ``(N, 1, 1, S)`` additive float mask, or None.
+            kv: ``(2, B, H, S, Dh)`` from `memory_kv`, ``B`` dividing ``N``.
+            mask: ``(B, 1, 1, S)`` additive float mask, or None.
         """
         N, _, D = x.shape
-        q = packed.linear(x, self.q.weight, self.q.bias).view(N, self.num_heads, 1, self.head_dim)
-        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)  # (N, H, 1, Dh)
-        return packed.linear(y.reshape(N, 1, D), self.out.weight, self.out.bias)
+        B = kv.shape[1]
+        q = packed.linear(x, self.q.weight, self.q.bias).view(B, N // B, self.num_heads, self.head_dim)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), kv[0], kv[1], attn_mask=mask)  # (B, H, N / B, Dh)
+        return packed.linear(y.transpose(1, 2).reshape(N, 1, D), self.out.weight, self.out.bias)

@@ -99,8 +99,9 @@ class DecoderLayer(nn.Module):
             x: ``(N, 1, D)``.
             cache: ``(T_max, N, 2, H, Dh)`` this layer's self-attention keys / values (written in place).
             position: index of the new position.
-            memory_kv: ``(2, N, H, S, Dh)`` this layer's cross-attention keys / values.
-            memory_mask: ``(N, 1, 1, S)`` additive float mask, or None.
+            memory_kv: ``(2, B, H, S, Dh)`` this layer's cross-attention keys / values, one memory per
+                ``N / B`` consecutive rows (`CrossAttention.step`).
+            memory_mask: ``(B, 1, 1, S)`` additive float mask, or None.
         """
         if self.norm_first:
             x = x + self.self_attn.step(_norm(x, self.norm1), cache, position)
