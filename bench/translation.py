@@ -133,13 +133,11 @@ def edh_generate_decoder_linears(model, src: torch.Tensor, beams: int, kernel: s
 
     def step() -> Any:
         measured = dispatch.decisions()
-        for key in measured:
-            if key[0] == "linear" and key[1][2] != vocab:
-                dispatch._DECISIONS[key] = kernel
+        dispatch.pin({key: kernel for key in measured if key[0] == "linear" and key[1][2] != vocab})
         try:
             return edh_generate(model, src, beams)()
         finally:
-            dispatch._DECISIONS.update(measured)
+            dispatch.pin(measured)
 
     return step
 

@@ -64,7 +64,8 @@ def test_every_linear_candidate_matches_f_linear(monkeypatch, choice):
         assert dispatch.decisions()[key] in ("packed", "plain")
     else:  # forced: nothing measured, and only the packed path packs the weight
         assert key not in dispatch.decisions()
-        assert (weight in packed._PACKED) == (choice == "packed")
+        assert packed.is_packed(weight) == (choice == "packed")
+
 
 def test_shape_class_rounds_rows_up_to_a_power_of_two():
     weight = torch.empty(16, 8)
@@ -84,3 +85,15 @@ def test_both_ways_of_summing_beam_scores_agree(monkeypatch, choice):
     torch.testing.assert_close(summed_log_probs(logits, scores).double(), reference, atol=1e-5, rtol=1e-5)
     key = ("beam_scores", ("torch.float32", 8, 50))
     assert (dispatch.decisions().get(key) in ("logsumexp", "log_softmax")) == (choice == "auto")
+
+
+@pytest.mark.skipif(not packed.available(), reason="this PyTorch build has no oneDNN linear ops")
+def test_pinned_decisions_reach_weights_that_decided_before():
+    weight, x = torch.randn(24, 16), torch.randn(8, 1, 16)
+    with torch.inference_mode():
+        packed.linear(x, weight)
+        key = ("linear", packed.shape_class(x, weight, None))
+        for kernel in ("packed", "plain"):
+            dispatch.pin({key: kernel})
+            packed.linear(x, weight)
+            assert packed._ENTRIES[id(weight)].choices[(x.shape, False)] == kernel

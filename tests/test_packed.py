@@ -27,13 +27,13 @@ def test_matches_f_linear_for_decoding_shapes():
         with torch.inference_mode():
             torch.testing.assert_close(packed.linear(x, weight, bias), F.linear(x, weight, bias), atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(packed.linear(x, weight), F.linear(x, weight), atol=1e-5, rtol=1e-5)
-    assert weight in packed._PACKED  # the packed weight is cached
+    assert packed.is_packed(weight)  # the packed weight is cached
     x, weight, bias = (t.bfloat16() for t in (torch.randn(8, 32), weight, bias))
     with torch.inference_mode():
         torch.testing.assert_close(packed.linear(x, weight, bias).float(), F.linear(x, weight, bias).float(),
                                    atol=0.1, rtol=0.02)
     # bf16 is packed only where oneDNN has bf16 kernels (an AVX2-only CPU has none: the packing would raise)
-    assert (weight in packed._PACKED) == cpu.native_bf16()
+    assert packed.is_packed(weight) == cpu.native_bf16()
 
 
 def test_bf16_without_bf16_kernels_is_plain_f_linear(monkeypatch):
@@ -41,7 +41,7 @@ def test_bf16_without_bf16_kernels_is_plain_f_linear(monkeypatch):
     x, weight = torch.randn(4, 16).bfloat16(), torch.randn(8, 16).bfloat16()
     with torch.inference_mode():
         assert torch.equal(packed.linear(x, weight), F.linear(x, weight))
-    assert weight not in packed._PACKED
+    assert not packed.is_packed(weight)
 
 
 def test_repacks_after_an_in_place_update():
@@ -59,7 +59,7 @@ def test_autograd_and_tracing_take_the_plain_path():
     x = torch.randn(2, 8, requires_grad=True)
     packed.linear(x, layer.weight, layer.bias).sum().backward()  # with grad: F.linear, so backward works
     assert x.grad is not None and layer.weight.grad is not None
-    assert layer.weight not in packed._PACKED
+    assert not packed.is_packed(layer.weight)
     weight, bias = layer.weight.detach().clone(), layer.bias.detach().clone()
     traced = torch.jit.trace(lambda a: packed.linear(a, weight, bias), torch.randn(2, 8))
     assert "mkldnn" not in str(traced.graph)
@@ -70,4 +70,55 @@ def test_weights_made_under_inference_mode_take_the_plain_path():
         weight = torch.randn(16, 8)  # an inference tensor: it has no version counter
         x = torch.randn(4, 8)
         torch.testing.assert_close(packed.linear(x, weight), F.linear(x, weight))
-    assert weight not in packed._PACKED
+    assert not packed.is_packed(weight)
+
+
+def test_each_weight_keeps_its_kernel_until_the_dispatch_is_reset(monkeypatch):
+    from edh.layers import dispatch
+
+    monkeypatch.delenv("EDH_LINEAR")
+    dispatch.reset()
+    weight, x = torch.randn(16, 8), torch.randn(4, 8)
+    measured = []  # the shape classes decided
+    choose = dispatch.choose
+    monkeypatch.setattr(dispatch, "choose", lambda *args: measured.append(args[1]) or choose(*args))
+    with torch.no_grad():
+        for _ in range(3):
+            packed.linear(x, weight)
+        assert len(measured) == 1  # decided at the first call, then kept with the weight
+        packed.linear(torch.randn(2, 8), weight)  # another number of rows: decided again
+        assert len(measured) == 2
+        dispatch.reset()
+        packed.linear(x, weight)
+    assert len(measured) == 3
+    dispatch.reset()
+
+
+def test_a_freed_weight_leaves_no_entry_behind():
+    x = torch.randn(4, 8)
+    before = len(packed._ENTRIES)
+    with torch.no_grad():
+        for _ in range(5):
+            packed.linear(x, torch.randn(16, 8))
+    assert len(packed._ENTRIES) == before
+
+
+def test_onnx_export_flags_are_read_as_torch_reads_them(monkeypatch):
+    exporting = packed._onnx_exporting()
+    assert exporting() is False or exporting() == torch.onnx.is_in_onnx_export()
+    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+    monkeypatch.setattr(GLOBALS, "in_onnx_export", True)
+    assert torch.onnx.is_in_onnx_export() and exporting()
+    with torch.no_grad():  # mid-export, even a safe-looking call takes F.linear
+        assert not packed._usable(torch.randn(2, 8), torch.randn(4, 8))
+
+
+def test_repacks_after_the_tensor_behind_the_weight_is_replaced():
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        packed.linear(x, layer.weight, layer.bias)
+        layer.weight.data = torch.randn(4, 8)  # same Parameter object, same version counter
+        torch.testing.assert_close(packed.linear(x, layer.weight, layer.bias), F.linear(x, layer.weight, layer.bias),
+                                   atol=1e-5, rtol=1e-5)

@@ -24,13 +24,19 @@ from typing import Callable, Hashable
 log = logging.getLogger("edh")
 
 _DECISIONS: dict[tuple[str, Hashable], str] = {}  # (op, shape class) -> the chosen candidate's name
+_EPOCH = [0]  # how many times `reset` ran: callers that keep decisions of their own compare it (`epoch`)
+_VARIABLES: dict[str, str] = {}  # op -> the name of its environment variable
 TRIALS = 3  # timed runs per candidate, after one warm-up run; the fastest run counts
 
 
 def forced(op: str, candidates: list[str] | tuple[str, ...]) -> str | None:
-    """The candidate ``$EDH_<OP>`` names, None when unset or ``auto``; a ValueError for an unknown name."""
-    variable = f"EDH_{op.upper()}"
-    value = os.environ.get(variable, "auto").strip().lower()
+    """The candidate ``$EDH_<OP>`` names, None when unset or ``auto``; a ValueError for an unknown name.
+    Read at every call (tests and users may set it at any time), so the unset case is one lookup."""
+    variable = _VARIABLES.get(op) or _VARIABLES.setdefault(op, f"EDH_{op.upper()}")
+    value = os.environ.get(variable)
+    if not value:
+        return None
+    value = value.strip().lower()
     if value in ("", "auto"):
         return None
     if value not in candidates:
@@ -58,9 +64,9 @@ def choose(op: str, shape_class: Hashable, candidates: dict[str, Callable[[], ob
         candidates: name -> a call that runs that implementation once on representative inputs.
             Only called at the first decision for a ``(op, shape_class)``.
     """
-    value = os.environ.get(f"EDH_{op.upper()}")  # every call: tests and users may set it at any time
-    if value and value.strip().lower() != "auto":
-        return forced(op, tuple(candidates))
+    choice = forced(op, tuple(candidates))
+    if choice is not None:
+        return choice
     key = (op, shape_class)
     choice = _DECISIONS.get(key)
     if choice is None:
@@ -82,6 +88,19 @@ def decisions() -> dict[tuple[str, Hashable], str]:
     return dict(_DECISIONS)
 
 
+def pin(decisions: dict[tuple[str, Hashable], str]) -> None:
+    """Set decisions by hand (``(op, shape class) -> candidate``, as `decisions` gives them): a benchmark
+    comparing fixed choices. Callers that keep decisions of their own take these at their next call."""
+    _DECISIONS.update(decisions)
+    _EPOCH[0] += 1
+
+
+def epoch() -> int:
+    """Changes at every `reset`: a caller that keeps decisions of its own (per weight, say) drops them then."""
+    return _EPOCH[0]
+
+
 def reset() -> None:
     """Forget every decision (the next call measures again): after changing threads, in tests."""
     _DECISIONS.clear()
+    _EPOCH[0] += 1

@@ -13,23 +13,80 @@ no tracing or export; everywhere else it is ``F.linear``. Where it may, it still
 weight only if that measured faster for the shape class on this machine (`edh.layers.dispatch`:
 on an Intel Xeon with AMX, plain ``F.linear`` won for the translation benchmark's shapes; force
 with ``EDH_LINEAR=packed|plain``). Packed weights are cached per weight
-tensor and repacked when the weight changes in place (its version counter: an optimizer step,
-``load_state_dict``), so a model trained further, then asked to generate again, never decodes with
-stale weights.
+tensor and repacked when the weight changes: in place (its version counter: an optimizer step,
+``load_state_dict``) or behind the tensor (``weight.data = ...``, ``module.to(dtype)``), so a model
+trained further, then asked to generate again, never decodes with stale weights. ``$EDH_LINEAR`` is read when a decision is made: set it before the first call, or call
+`edh.layers.dispatch.reset` after changing it.
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakTensorKeyDictionary
 
 from edh.layers import dispatch
 from edh.utils import cpu
 
-_PACKED = WeakTensorKeyDictionary()  # weight -> (its version when packed, the packed weight)
+
+class _Entry:
+    """What `linear` keeps per weight: its packed copy and the kernel chosen per input shape. One dict
+    lookup per call finds it: a decoding step calls `linear` about twenty times, and the per-call
+    Python of an earlier version (checks, a shape-class tuple, the environment) cost a tenth of a
+    greedy step of ``bench/translation.py``.
+
+    The weight's state (version counter, storage address, dtype, shape) is checked at every call: an
+    in-place change (optimizer step, ``load_state_dict``) repacks; ``weight.data = ...`` or
+    ``module.to(dtype)``, which keep the tensor object and its version, also decide again; so does a
+    `dispatch.reset`.
+    """
+
+    __slots__ = ("ref", "state", "packed", "choices")
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.ref = weakref.ref(weight, functools.partial(_forget, id(weight)))
+        self.state: tuple = ()
+        self.packed: torch.Tensor | None = None
+        self.choices: dict[tuple, str] = {}  # (input shape, has a bias) -> kernel
+
+    def kernel(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str:
+        state = (weight._version, weight.data_ptr(), weight.dtype, weight.shape, dispatch.epoch())
+        if state != self.state:
+            if state[1:] != self.state[1:]:  # another tensor behind the weight, or a dispatch reset
+                self.choices.clear()
+            self.state, self.packed = state, None  # packed again at the next packed call
+        key = (x.shape, bias is not None)
+        choice = self.choices.get(key)
+        if choice is None:
+            choice = self.choices[key] = dispatch.choose(
+                "linear", shape_class(x, weight, bias),
+                {"packed": lambda: _packed_linear(x, self.packed_weight(weight), bias),
+                 "plain": lambda: F.linear(x, weight, bias)})
+        return choice
+
+    def packed_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            with torch.inference_mode():
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+        return self.packed
+
+
+_ENTRIES: dict[int, _Entry] = {}  # id(weight) -> its entry, dropped when the weight is freed
+
+
+def _forget(key: int, ref: weakref.ref) -> None:
+    entry = _ENTRIES.get(key)
+    if entry is not None and entry.ref is ref:
+        del _ENTRIES[key]
+
+
+def is_packed(weight: torch.Tensor) -> bool:
+    """Whether `linear` holds a packed copy of ``weight`` (it took the packed kernel for it)."""
+    entry = _ENTRIES.get(id(weight))
+    return entry is not None and entry.ref() is weight and entry.packed is not None
 
 
 def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -39,22 +96,26 @@ def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and cpu.native_bf16()))
             and not weight.is_inference()  # made under inference_mode: no version counter to see changes by
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-            and not torch.onnx.is_in_onnx_export() and available())
+            and not torch.jit.is_tracing() and not _onnx_exporting()() and available())
 
 
-def _packed(weight: torch.Tensor) -> torch.Tensor:
-    version = weight._version
-    cached = _PACKED.get(weight)
-    if cached is None or cached[0] != version:
-        with torch.inference_mode():
-            cached = (version, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
-        _PACKED[weight] = cached
-    return cached[1]
+@functools.cache
+def _onnx_exporting() -> Callable[[], bool]:
+    """``torch.onnx.is_in_onnx_export`` without its two imports on every call (1.5 us of a few-microsecond
+    check): a reader of the flags it reads, or the public function itself where this torch keeps them
+    elsewhere."""
+    try:
+        from torch.onnx._internal.exporter import _flags
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+        bool(GLOBALS.in_onnx_export or _flags._is_onnx_exporting)
+    except (ImportError, AttributeError):
+        return torch.onnx.is_in_onnx_export
+    return lambda: GLOBALS.in_onnx_export or _flags._is_onnx_exporting
 
 
-def _packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, _packed(weight), bias, "none", [], "")
+def _packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 def shape_class(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
@@ -72,11 +133,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     doc) and, for this shape class on this machine, faster (`edh.layers.dispatch`, ``$EDH_LINEAR``)."""
     if not _usable(x, weight):
         return F.linear(x, weight, bias)
-    choice = dispatch.choose("linear", shape_class(x, weight, bias),
-                             {"packed": lambda: _packed_linear(x, weight, bias),
-                              "plain": lambda: F.linear(x, weight, bias)})
-    if choice == "packed":
-        return _packed_linear(x, weight, bias)
+    entry = _ENTRIES.get(id(weight))
+    if entry is None or entry.ref() is not weight:
+        entry = _ENTRIES[id(weight)] = _Entry(weight)
+    if entry.kernel(x, weight, bias) == "packed":
+        return torch.ops.mkldnn._linear_pointwise(x, entry.packed_weight(weight), bias, "none", [], "")
     return F.linear(x, weight, bias)
 
 
