@@ -24,7 +24,9 @@ on sub-layer outputs only.
   alone with warm caches, compare with each fixed choice inside the decoding loop.
 - where edh's greedy step goes: each linear of the step (the decoder's 18 and the output layer) timed at
   the step's shapes, hot (called back to back) and cold (right after a 64 MiB write evicts the caches),
-  against the measured time per token and the machine's stream bandwidth (``--no-profile`` skips it).
+  against the measured time per token and the machine's stream bandwidth; the same greedy step on a
+  tiny model (the cost of Python and per-op dispatch); and the share of its cache beam search copies
+  when beams change parents (``--no-profile`` skips all three).
 
 Contenders of a group run round-robin (``common.measure``); medians reported, results also in
 ``bench/results/translation.json``.
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import statistics
 import time
 from typing import Any, Callable
 
@@ -52,13 +55,13 @@ TRAIN_BATCH, TRAIN_LEN = 32, 32
 COLUMNS = ["name", "items_per_s", "ms_per_step", "best_items_per_s", "quiet_samples"]
 
 
-def build_edh() -> edh.Model:
+def build_edh(vocab: int = VOCAB, d_model: int = D_MODEL, heads: int = HEADS, ffn: int = FFN) -> edh.Model:
     seed_everything(0)
-    size = {"vocab_size": VOCAB, "d_model": D_MODEL, "num_layers": LAYERS, "num_heads": HEADS, "ffn_dim": FFN,
+    size = {"vocab_size": vocab, "d_model": d_model, "num_layers": LAYERS, "num_heads": heads, "ffn_dim": ffn,
             "dropout": 0.1, "activation": "relu", "norm_first": False, "pad_id": PAD}
     return edh.build(encoder={"name": "transformer", **size},
                      decoder={"name": "transformer", **size, "bos_id": BOS, "eos_id": EOS},
-                     heads={"tokens": {"type": "lm", "source": "decoder", "vocab_size": VOCAB, "pad_id": PAD,
+                     heads={"tokens": {"type": "lm", "source": "decoder", "vocab_size": vocab, "pad_id": PAD,
                                        "label_smoothing": 0.0}})
 
 
@@ -232,8 +235,52 @@ def step_profile(model, ms_per_token: float) -> dict[str, Any]:
     print(f"the step's linears take {100 * total['cold_us'] / (ms_per_token * 1000):.0f} % of a token's time with "
           f"their weights cold ({100 * total['hot_us'] / (ms_per_token * 1000):.0f} % hot); streaming "
           f"{total['weights_mb']:.1f} MB at this machine's {bandwidth:.1f} GB/s would take {floor_us:.0f} us")
+    overhead = step_overhead_us()
+    print(f"the same greedy step with next to no arithmetic (d_model 16, vocabulary 64, 3 + 3 layers): {overhead:.0f} us "
+          "per token: what Python and PyTorch's per-op dispatch cost (hot)")
     return {"kinds": kinds, "total": total, "stream_gb_per_s": bandwidth, "ms_per_token": ms_per_token,
-            "stream_floor_us": floor_us}
+            "stream_floor_us": floor_us, "tiny_model_us_per_token": overhead}
+
+
+def step_overhead_us() -> float:
+    """Median microseconds per token of greedy generation on a tiny model of the same depth: the step's
+    Python and per-op dispatch, its arithmetic negligible."""
+    tiny = build_edh(vocab=64, d_model=16, heads=2, ffn=32).eval()
+    src = sources(GEN_BATCH, 32, 20)[0].clamp(max=63)
+    run = edh_generate(tiny, src, 1)
+    for _ in range(3):
+        run()
+    seconds = []
+    for _ in range(15):
+        start = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds) / NEW_TOKENS * 1e6
+
+
+def beam_reorder_share(model, src: torch.Tensor) -> dict[str, float]:
+    """How much of its self-attention cache beam search copies when beams change parents
+    (``DecoderCache.select`` copies only the slots whose keys / values change), against copying every
+    written position of every row at every step."""
+    decoder, caches = model.decoder, []
+    init_cache = decoder.init_cache
+
+    def capturing(*args, **kwargs):
+        caches.append(init_cache(*args, **kwargs))
+        return caches[-1]
+
+    decoder.init_cache = capturing
+    try:
+        edh_generate(model, src, BEAMS)()
+    finally:
+        del decoder.init_cache
+    cache = caches[0]
+    rows = cache.self_kv.shape[1]
+    every = rows * cache.length * (cache.length + 1) // 2
+    share = cache.moved_slots / every
+    print(f"beam {BEAMS}: the cache reorders copied {cache.moved_slots:,} of the {every:,} slots a full reorder "
+          f"per step would copy ({100 * share:.1f} %)")
+    return {"moved_slots": cache.moved_slots, "full_reorder_slots": every, "share": share}
 
 
 def main() -> None:
@@ -296,6 +343,7 @@ def main() -> None:
     if not args.no_profile:
         edh_greedy = next(r for r in report["groups"]["greedy"] if r["name"].startswith("edh generate"))
         report["step_profile"] = step_profile(edh_model, edh_greedy["ms_per_step"] / NEW_TOKENS)
+        report["beam_reorder"] = beam_reorder_share(edh_model, src)
     del groups
     gc.collect()
     edh_train, marian_train = build_edh(), build_marian()

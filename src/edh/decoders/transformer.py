@@ -37,6 +37,7 @@ class DecoderCache(StepCache):
     memory_mask: torch.Tensor | None
     length: int = 0
     writers: torch.Tensor | None = None  # (T_max, N): which row wrote what each slot holds (see `select`)
+    moved_slots: int = 0  # (position, row) slots `select` has copied so far
 
     @property
     def capacity(self) -> int:
@@ -61,6 +62,7 @@ class DecoderCache(StepCache):
             slots = self.self_kv.view(self.capacity * N, -1)  # (T_max * N, L * 2 * H * Dh), one row per slot
             moved = slots.index_select(0, position * N + rows[row])  # read every source before any write
             slots.index_copy_(0, position * N + row, moved)
+            self.moved_slots += position.numel()
         writers.copy_(wanted)
 
     def layer(self, index: int) -> torch.Tensor:
