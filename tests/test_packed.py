@@ -122,3 +122,13 @@ def test_repacks_after_the_tensor_behind_the_weight_is_replaced():
         layer.weight.data = torch.randn(4, 8)  # same Parameter object, same version counter
         torch.testing.assert_close(packed.linear(x, layer.weight, layer.bias), F.linear(x, layer.weight, layer.bias),
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_an_entry_remembers_a_bounded_number_of_input_shapes(monkeypatch):
+    monkeypatch.setattr(packed, "MAX_SHAPES", 3)
+    weight = torch.randn(16, 8)
+    with torch.no_grad():
+        for rows in range(1, 8):  # an LM head scoring batches of every length
+            x = torch.randn(rows, 8)
+            torch.testing.assert_close(packed.linear(x, weight), F.linear(x, weight), atol=1e-5, rtol=1e-5)
+            assert 1 <= len(packed._ENTRIES[id(weight)].choices) <= 3

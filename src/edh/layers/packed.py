@@ -32,6 +32,9 @@ from edh.layers import dispatch
 from edh.utils import cpu
 
 
+MAX_SHAPES = 256  # input shapes an entry remembers its kernel for (each one a dict lookup; decided per shape class)
+
+
 class _Entry:
     """What `linear` keeps per weight: its packed copy and the kernel chosen per input shape. One dict
     lookup per call finds it: a decoding step calls `linear` about twenty times, and the per-call
@@ -61,6 +64,8 @@ class _Entry:
         key = (x.shape, bias is not None)
         choice = self.choices.get(key)
         if choice is None:
+            if len(self.choices) >= MAX_SHAPES:  # an LM head scoring batches of every length: stay bounded
+                self.choices.clear()
             choice = self.choices[key] = dispatch.choose(
                 "linear", shape_class(x, weight, bias),
                 {"packed": lambda: _packed_linear(x, self.packed_weight(weight), bias),
