@@ -12,11 +12,11 @@ traces: a CPU float32 / bfloat16 input, no autograd (``torch.no_grad`` or ``torc
 no tracing or export; everywhere else it is ``F.linear``. Where it may, it still takes the packed
 weight only if that measured faster for the shape class on this machine (`edh.layers.dispatch`:
 on an Intel Xeon with AMX, plain ``F.linear`` won for the translation benchmark's shapes; force
-with ``EDH_LINEAR=packed|plain``). Packed weights are cached per weight
-tensor and repacked when the weight changes: in place (its version counter: an optimizer step,
-``load_state_dict``) or behind the tensor (``weight.data = ...``, ``module.to(dtype)``), so a model
-trained further, then asked to generate again, never decodes with stale weights. ``$EDH_LINEAR`` is read when a decision is made: set it before the first call, or call
-`edh.layers.dispatch.reset` after changing it.
+with ``EDH_LINEAR=packed|plain``). Packed weights are cached per weight tensor and repacked when
+the weight changes: in place (its version counter: an optimizer step, ``load_state_dict``) or behind
+the tensor (``weight.data = ...``, ``module.to(dtype)``), so a model trained further, then asked to
+generate again, never decodes with stale weights. ``$EDH_LINEAR`` is read when a decision is made:
+set it before the first call, or call `edh.layers.dispatch.reset` after changing it.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if entry is None or entry.ref() is not weight:
         entry = _ENTRIES[id(weight)] = _Entry(weight)
     if entry.kernel(x, weight, bias) == "packed":
-        return torch.ops.mkldnn._linear_pointwise(x, entry.packed_weight(weight), bias, "none", [], "")
+        return _packed_linear(x, entry.packed_weight(weight), bias)
     return F.linear(x, weight, bias)
 
 
