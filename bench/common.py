@@ -355,6 +355,18 @@ def peaks_text(peaks: dict[str, float | None]) -> str:
                                       "instructions)" for name, value in peaks.items())
 
 
+def add_bf16_rows_option(parser: argparse.ArgumentParser) -> None:
+    """``--bf16-rows auto|on|off`` for a bench whose bf16 rows are slow where bf16 is emulated."""
+    parser.add_argument("--bf16-rows", choices=("auto", "on", "off"), default="auto",
+                        help="the bf16 rows (auto: only on a CPU with bfloat16 instructions; elsewhere PyTorch "
+                             "emulates bf16, several times slower than fp32, and gives them no target)")
+
+
+def bf16_rows(choice: str) -> bool:
+    """Whether to run the bf16 rows for ``--bf16-rows`` ``choice`` on this CPU."""
+    return choice == "on" or (choice == "auto" and cpu.native_bf16())
+
+
 def bf16_target(target: float) -> float | None:
     """``target`` for a bf16-vs-bf16 ratio, or None on a CPU that emulates bf16 (AVX2 only): every
     contender is then several times slower than its fp32, and edh says so (`edh.utils.cpu`)."""

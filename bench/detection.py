@@ -36,12 +36,12 @@ from typing import Any, Callable
 
 import torch
 import torchvision
-from common import (Contender, apply_threads, base_parser, bf16_target, environment, format_ratio, matmul_peak_gflops,
-                    measure, print_table, ratio, seed_everything, summarize, write_json)
+from common import (Contender, add_bf16_rows_option, apply_threads, base_parser, bf16_rows, bf16_target, environment,
+                    format_ratio, matmul_peak_gflops, measure, print_table, ratio, seed_everything, summarize,
+                    write_json)
 
 import edh
 from edh.compat.torchvision_detection import fasterrcnn_resnet50_fpn_spec, load_fasterrcnn_weights
-from edh.utils import cpu
 from edh.utils.perf import InferenceModel, autocast, prepare_for_inference, to_channels_last
 
 BATCH = 2
@@ -295,11 +295,9 @@ def one_stage_group(size: int, repeats: int, calls: int) -> list[dict[str, Any]]
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0], repeats=5)
     parser.add_argument("--size", type=int, default=512, help="square input side (default 512)")
-    parser.add_argument("--bf16-rows", choices=("auto", "on", "off"), default="auto",
-                        help="the bf16 rows (auto: only on a CPU with bfloat16 instructions; emulated elsewhere, "
-                             "where each R50-FPN bf16 sample takes minutes)")
+    add_bf16_rows_option(parser)  # emulated, each R50-FPN bf16 sample takes minutes
     args = parser.parse_args()
-    bf16 = args.bf16_rows == "on" or (args.bf16_rows == "auto" and cpu.native_bf16())
+    bf16 = bf16_rows(args.bf16_rows)
     threads = apply_threads(args.threads)
     repeats, calls = (2, 1) if args.quick else (args.repeats, 1)
     env = environment()

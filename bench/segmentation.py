@@ -1,6 +1,7 @@
 """Every edh segmentation decoder against segmentation_models_pytorch's same architecture: images/s on CPU.
 
-Run: ``python bench/segmentation.py [--only unet deeplabv3 ...] [--repeats N] [--quick] [--threads T]``.
+Run: ``python bench/segmentation.py [--only unet deeplabv3 ...] [--repeats N] [--quick] [--threads T]
+[--bf16-rows auto|on|off]`` (bf16 rows by default only where the CPU has bfloat16 instructions).
 
 Per architecture, both models are built with smp's defaults (random weights, 2 classes): a ResNet-34
 encoder (dilated as smp dilates it: DeepLabV3 output stride 8, DeepLabV3+ 16), and for DPT a
@@ -33,9 +34,10 @@ from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
-from common import (Contender, add_percent_of_peak, apply_threads, base_parser, bf16_target, check_bf16_agrees,
-                    environment, format_ratio, forward_flops, forward_step, matmul_peak_gflops, measure, noisy_warning,
-                    peaks_text, print_table, ratio, seed_everything, sgd_train_step, summarize, write_json)
+from common import (Contender, add_bf16_rows_option, add_percent_of_peak, apply_threads, base_parser, bf16_rows,
+                    bf16_target, check_bf16_agrees, environment, format_ratio, forward_flops, forward_step,
+                    matmul_peak_gflops, measure, noisy_warning, peaks_text, print_table, ratio, seed_everything,
+                    sgd_train_step, summarize, write_json)
 
 import edh
 from edh.utils.perf import InferenceModel, prepare_for_inference, to_channels_last
@@ -103,26 +105,31 @@ def bf16_input_step(model: torch.nn.Module, images: torch.Tensor) -> Any:
     return step
 
 
-def forward_contenders(arch: str, images: torch.Tensor) -> list[Contender]:
+def forward_contenders(arch: str, images: torch.Tensor, bf16: bool) -> list[Contender]:
     smp_model, edh_model = build(arch, "smp").eval(), build(arch, "edh").eval()
     smp_cl = build(arch, "smp").eval().to(memory_format=torch.channels_last)
-    edh_fast, edh_bf16 = prepare_for_inference(edh_model), InferenceModel(edh_model, bf16=True)
-    smp_bf16_weights = build(arch, "smp").eval().to(torch.bfloat16, memory_format=torch.channels_last)
+    edh_fast = prepare_for_inference(edh_model)
     with torch.inference_mode():  # the speed options keep the outputs
         reference = edh_model(images)["mask"]
         error = ((edh_fast(to_channels_last(images))["mask"] - reference).abs().max() / reference.abs().max()).item()
+    assert error < 1e-3, f"prepared edh {arch} differs from eager by {error} (relative to its largest logit)"
+    n = images.shape[0]
+    fp32 = [
+        Contender("smp (default)", forward_step(smp_model, images), n, {"memory_format": "contiguous"}),
+        Contender("smp channels_last", forward_step(smp_cl, images, True), n, {"memory_format": "channels_last"}),
+        Contender(FAST, forward_step(edh_fast, images, True), n, {"memory_format": "channels_last", "bn_folded": True})]
+    if not bf16:
+        return fp32
+    edh_bf16 = InferenceModel(edh_model, bf16=True)
+    smp_bf16_weights = build(arch, "smp").eval().to(torch.bfloat16, memory_format=torch.channels_last)
+    with torch.inference_mode():
         smp_reference = smp_model(images)
-        bf16_errors = {name: check_bf16_agrees(name, output, fp32) for name, output, fp32 in (
+        bf16_errors = {name: check_bf16_agrees(name, output, expected) for name, output, expected in (
             (BF16, edh_bf16(images)["mask"], reference),
             (SMP_BF16, forward_step(smp_cl, images, True, bf16=True)(), smp_reference),
             (SMP_BF16_WEIGHTS, bf16_input_step(smp_bf16_weights, images)(), smp_reference))}
-    assert error < 1e-3, f"prepared edh {arch} differs from eager by {error} (relative to its largest logit)"
     print(f"{arch}: bf16 max |diff| to fp32 / std: " + ", ".join(f"{k} {v:.3f}" for k, v in bf16_errors.items()))
-    n = images.shape[0]
-    return [
-        Contender("smp (default)", forward_step(smp_model, images), n, {"memory_format": "contiguous"}),
-        Contender("smp channels_last", forward_step(smp_cl, images, True), n, {"memory_format": "channels_last"}),
-        Contender(FAST, forward_step(edh_fast, images, True), n, {"memory_format": "channels_last", "bn_folded": True}),
+    return fp32 + [
         Contender(SMP_BF16, forward_step(smp_cl, images, True, bf16=True), n,
                   {"memory_format": "channels_last", "dtype": "bf16 autocast"}),
         Contender(SMP_BF16_WEIGHTS, bf16_input_step(smp_bf16_weights, images), n,
@@ -145,12 +152,15 @@ def ratios(forward_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]])
         forward = {r["name"]: r[key] for r in forward_rows}
         train = {r["name"]: r[key] for r in train_rows}
         fast, edh_train = forward[FAST], train["edh channels_last"]
-        return [("forward / smp default", fast / forward["smp (default)"], 1.2),
-                ("forward / smp channels_last", fast / forward["smp channels_last"], 1.0),
-                ("train step / smp default", edh_train / train["smp contiguous"], 1.2),
-                ("train step / smp channels_last", edh_train / train["smp channels_last"], 1.0),
-                ("edh --bf16 / smp bf16 autocast, forward", forward[BF16] / forward[SMP_BF16], bf16_target(1.3)),
-                ("edh --bf16 / smp bf16 weights, forward", forward[BF16] / forward[SMP_BF16_WEIGHTS], bf16_target(1.3))]
+        found = [("forward / smp default", fast / forward["smp (default)"], 1.2),
+                 ("forward / smp channels_last", fast / forward["smp channels_last"], 1.0),
+                 ("train step / smp default", edh_train / train["smp contiguous"], 1.2),
+                 ("train step / smp channels_last", edh_train / train["smp channels_last"], 1.0)]
+        if BF16 in forward:
+            found += [("edh --bf16 / smp bf16 autocast, forward", forward[BF16] / forward[SMP_BF16], bf16_target(1.3)),
+                      ("edh --bf16 / smp bf16 weights, forward", forward[BF16] / forward[SMP_BF16_WEIGHTS],
+                       bf16_target(1.3))]
+        return found
 
     out = [ratio(name, value, target) for name, value, target in values("items_per_s")]
     for r, (_, best, _) in zip(out, values("best_items_per_s")):
@@ -158,14 +168,14 @@ def ratios(forward_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]])
     return out
 
 
-def bench_arch(arch: str, repeats: int, forward_calls: int, max_wait: float,
-               peaks: dict[str, float]) -> dict[str, Any]:
+def bench_arch(arch: str, repeats: int, forward_calls: int, max_wait: float, peaks: dict[str, float],
+               bf16: bool) -> dict[str, Any]:
     counts = {kind: parameters(build(arch, kind)) for kind in ("edh", "smp")}
     print(f"\n=== {arch}: parameters edh {counts['edh']:,}, smp {ARCHS[arch].smp_class} {counts['smp']:,}", flush=True)
     seed_everything(0)
     images = torch.randn(BATCH, 3, SIZE, SIZE)
     masks = torch.randint(0, NUM_CLASSES, (BATCH, SIZE, SIZE))
-    contenders = forward_contenders(arch, images)
+    contenders = forward_contenders(arch, images, bf16)
     forward_rows = summarize(contenders, measure(contenders, repeats, forward_calls, warmup=2, max_wait=max_wait))
     add_percent_of_peak(forward_rows, forward_flops(build(arch, "edh").eval(), images[:1]), peaks)
     print_table(forward_rows, FORWARD_COLUMNS, f"{arch} forward, batch {BATCH}, {SIZE}x{SIZE} (items = images)")
@@ -187,7 +197,9 @@ def bench_arch(arch: str, repeats: int, forward_calls: int, max_wait: float,
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0], repeats=5)
     parser.add_argument("--only", nargs="+", choices=sorted(ARCHS), default=list(ARCHS))
+    add_bf16_rows_option(parser)  # emulated, the three bf16 rows take longer than the rest of an architecture
     args = parser.parse_args()
+    bf16 = bf16_rows(args.bf16_rows)
     threads = apply_threads(args.threads)
     repeats, forward_calls = (2, 1) if args.quick else (args.repeats, 2)
     env = environment()
@@ -195,16 +207,16 @@ def main() -> None:
                                          "bf16": matmul_peak_gflops(torch.bfloat16)}
     print(f"torch {env['torch']}, smp {smp.__version__}, {threads} threads, {env['cpu']}; "
           f"{repeats} round-robin repeats, medians; flags {' '.join(env['cpu_flags'])}; oneDNN {env['onednn']}; "
-          + peaks_text(peaks), flush=True)
-    results = {arch: bench_arch(arch, repeats, forward_calls, args.max_wait, peaks) for arch in args.only}
+          + peaks_text(peaks) + ("" if bf16 else "; no bf16 rows (--bf16-rows)"), flush=True)
+    results = {arch: bench_arch(arch, repeats, forward_calls, args.max_wait, peaks, bf16) for arch in args.only}
     print("\nsummary: edh / smp, medians (targets: >= 1.2x default, >= 1.0x channels_last)")
     print(f"{'decoder':<14} {'params edh':>11} {'params smp':>11} {'fwd/default':>11} {'fwd/CL':>7} "
           f"{'train/default':>13} {'train/CL':>8} {'bf16/smp bf16':>13} {'bf16/smp bf16 w':>15}")
     for arch, result in results.items():
-        values = [r["value"] for r in result["ratios"]]
+        values = [f"{r['value']:.2f}x" for r in result["ratios"]] + ["-", "-"]  # "-": no bf16 rows
         counts = result["parameters"]
-        print(f"{arch:<14} {counts['edh']:>11,} {counts['smp']:>11,} {values[0]:>10.2f}x {values[1]:>6.2f}x "
-              f"{values[2]:>12.2f}x {values[3]:>7.2f}x {values[4]:>12.2f}x {values[5]:>14.2f}x")
+        print(f"{arch:<14} {counts['edh']:>11,} {counts['smp']:>11,} {values[0]:>11} {values[1]:>7} "
+              f"{values[2]:>13} {values[3]:>8} {values[4]:>13} {values[5]:>15}")
     report = {"environment": env, "smp": smp.__version__, "repeats": repeats,
               "settings": {"forward": f"batch {BATCH}, {SIZE}x{SIZE}, eval, inference_mode, {forward_calls} calls "
                                       "per sample", "train": f"batch {BATCH}, {SIZE}x{SIZE}, SGD momentum 0.9, CE"},
