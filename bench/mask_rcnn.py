@@ -1,6 +1,7 @@
 """edh Mask R-CNN R50-FPN against torchvision's ``maskrcnn_resnet50_fpn`` on CPU: eval forward and train step.
 
-Run: ``python bench/mask_rcnn.py [--repeats N] [--quick] [--threads T] [--size 512]``.
+Run: ``python bench/mask_rcnn.py [--repeats N] [--quick] [--threads T] [--size 512] [--bf16-rows auto|on|off]``
+(bf16 rows by default only where the CPU has bfloat16 instructions).
 
 As ``bench/detection.py`` does for Faster R-CNN: torchvision built with ``weights=None,
 weights_backbone=None`` and ``min_size = max_size = size`` (so it does not resize), seeded before
@@ -27,8 +28,8 @@ from typing import Any, Callable
 
 import torch
 import torchvision
-from common import (Contender, apply_threads, base_parser, environment, format_ratio, measure, print_table, ratio,
-                    seed_everything, summarize, write_json)
+from common import (Contender, add_bf16_rows_option, apply_threads, base_parser, bf16_rows, environment, format_ratio,
+                    measure, print_table, ratio, seed_everything, summarize, write_json)
 from detection import (BATCH, COLUMNS, check_same_detections, edh_eval, edh_train, targets_for, torchvision_detector,
                        torchvision_eval)
 
@@ -94,7 +95,8 @@ def check_same_masks(reference: list[dict], found: list[dict], label: str) -> di
     return {**result, "max_mask_diff": diff, "mask_agree_share": share}
 
 
-def maskrcnn_groups(size: int, repeats: int, calls: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def maskrcnn_groups(size: int, repeats: int, calls: int, bf16: bool = True
+                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     seed_everything(0)
     images = torch.rand(BATCH, 3, size, size)
     reference = torchvision_detector(TORCHVISION, size)
@@ -109,9 +111,8 @@ def maskrcnn_groups(size: int, repeats: int, calls: int) -> tuple[dict[str, Any]
         Contender(f"torchvision {TORCHVISION}", steps["torchvision"], BATCH, {"kind": "torchvision"}),
         Contender("edh mask_rcnn eager (as built)", steps["edh eager"], BATCH, {"kind": "edh"}),
         Contender("edh mask_rcnn prepared (CL + BN folded)", steps["edh prepared"], BATCH, {"kind": "edh"}),
-        Contender("edh mask_rcnn prepared + bf16 autocast", edh_eval(prepared, images, True, bf16=True), BATCH,
-                  {"kind": "edh", "dtype": "bf16 autocast"}),
-    ]
+    ] + ([Contender("edh mask_rcnn prepared + bf16 autocast", edh_eval(prepared, images, True, bf16=True), BATCH,
+                    {"kind": "edh", "dtype": "bf16 autocast"})] if bf16 else [])
     eval_rows = summarize(contenders, measure(contenders, repeats, calls, warmup=1))
     print_table(eval_rows, COLUMNS, f"\nMask R-CNN R50-FPN eval forward + post-processing (masks pasted), batch "
                                     f"{BATCH}, {size}x{size} (items = images)")
@@ -128,10 +129,9 @@ def maskrcnn_groups(size: int, repeats: int, calls: int) -> tuple[dict[str, Any]
         Contender("edh mask_rcnn channels_last",
                   edh_train(edh_maskrcnn(torchvision_detector(TORCHVISION, size)), images, targets,
                             channels_last=True), BATCH, {"kind": "edh"}),
-        Contender("edh mask_rcnn bf16 autocast",
-                  edh_train(edh_maskrcnn(torchvision_detector(TORCHVISION, size)), images, targets, bf16=True),
-                  BATCH, {"kind": "edh bf16", "dtype": "bf16 autocast"}),
-    ]
+    ] + ([Contender("edh mask_rcnn bf16 autocast",
+                    edh_train(edh_maskrcnn(torchvision_detector(TORCHVISION, size)), images, targets, bf16=True),
+                    BATCH, {"kind": "edh bf16", "dtype": "bf16 autocast"})] if bf16 else [])
     train_rows = summarize(contenders, measure(contenders, repeats, 1, warmup=1))
     print_table(train_rows, COLUMNS, f"\nMask R-CNN R50-FPN train step (forward, 5 losses, backward, SGD), batch "
                                      f"{BATCH}, {size}x{size} (items = images)")
@@ -145,27 +145,32 @@ def maskrcnn_ratios(eval_rows: list[dict], train_rows: list[dict]) -> list[dict[
     train = {r["name"]: r["ms_per_step"] for r in train_rows}
     tv, fast = f"torchvision {TORCHVISION}", "edh mask_rcnn prepared (CL + BN folded)"
     best_train_name = min((n for n in train if n.startswith("edh") and "bf16" not in n), key=train.get)
-    return [
+    found = [
         ratio("edh prepared / torchvision, eval forward (2 images)", rate[fast] / rate[tv], 1.3),
         ratio(f"edh ({best_train_name.removeprefix('edh mask_rcnn ')}) / torchvision, train step",
               train[tv] / train[best_train_name], 1.3),
         ratio("edh eager (as built) / torchvision, eval forward", rate["edh mask_rcnn eager (as built)"] / rate[tv]),
-        ratio("edh prepared + bf16 / torchvision, eval forward",
-              rate["edh mask_rcnn prepared + bf16 autocast"] / rate[tv]),
-        ratio("edh bf16 autocast / torchvision fp32, train step", train[tv] / train["edh mask_rcnn bf16 autocast"]),
     ]
+    if "edh mask_rcnn bf16 autocast" in train:
+        found += [ratio("edh prepared + bf16 / torchvision, eval forward",
+                        rate["edh mask_rcnn prepared + bf16 autocast"] / rate[tv]),
+                  ratio("edh bf16 autocast / torchvision fp32, train step",
+                        train[tv] / train["edh mask_rcnn bf16 autocast"])]
+    return found
 
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0], repeats=5)
     parser.add_argument("--size", type=int, default=512, help="square input side (default 512)")
+    add_bf16_rows_option(parser)
     args = parser.parse_args()
+    bf16 = bf16_rows(args.bf16_rows)
     threads = apply_threads(args.threads)
     repeats, calls = (2, 1) if args.quick else (args.repeats, 1)
     env = environment()
     print(f"torch {env['torch']}, torchvision {torchvision.__version__}, {threads} threads, {env['cpu']}; "
-          f"{repeats} round-robin repeats, medians", flush=True)
-    groups, ratios = maskrcnn_groups(args.size, repeats, calls)
+          f"{repeats} round-robin repeats, medians" + ("" if bf16 else "; no bf16 rows (--bf16-rows)"), flush=True)
+    groups, ratios = maskrcnn_groups(args.size, repeats, calls, bf16)
     print("\nMask R-CNN ratios (medians)")
     print("\n".join(format_ratio(r) for r in ratios), flush=True)
     report = {"environment": env, "repeats": repeats, "size": args.size, "batch": BATCH, "mask_rcnn": groups,
