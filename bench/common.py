@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from edh.layers.conv_grad import to_channels_last_for_training
 from edh.utils import cpu
 from edh.utils.perf import autocast, to_channels_last
 
@@ -415,13 +416,30 @@ def forward_step(model: torch.nn.Module, images: torch.Tensor, channels_last: bo
     return step
 
 
+def with_environment(step: Callable[[], Any], variable: str, value: str) -> Callable[[], Any]:
+    """``step`` run with ``$variable=value``: a fixed `edh.layers.dispatch` choice for an A/B row
+    (``EDH_CONV_WEIGHT_GRAD=channels_last``, ``EDH_LINEAR=plain``), the variable restored after."""
+    def run() -> Any:
+        before = os.environ.get(variable)
+        os.environ[variable] = value
+        try:
+            return step()
+        finally:
+            if before is None:
+                del os.environ[variable]
+            else:
+                os.environ[variable] = before
+
+    return run
+
+
 def sgd_train_step(kind: str, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, head: str,
                    channels_last: bool) -> Callable[[], float]:
     """One train step (forward, cross-entropy, backward, SGD lr 0.01 momentum 0.9). An edh model takes
     its loss from its ``head``'s own loss (``ce`` term); a peer's output goes through ``F.cross_entropy``."""
     model.train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    if channels_last:  # edh as `edh train` runs it with ``channels_last: true``
+        model = to_channels_last_for_training(model) if kind == "edh" else model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step() -> float:

@@ -42,6 +42,7 @@ from common import (Contender, add_bf16_rows_option, apply_threads, base_parser,
 
 import edh
 from edh.compat.torchvision_detection import fasterrcnn_resnet50_fpn_spec, load_fasterrcnn_weights
+from edh.layers.conv_grad import to_channels_last_for_training
 from edh.utils.perf import InferenceModel, autocast, prepare_for_inference, to_channels_last
 
 BATCH = 2
@@ -130,8 +131,8 @@ def torchvision_train(model: torch.nn.Module, images: torch.Tensor, targets: dic
 def edh_train(model: torch.nn.Module, images: torch.Tensor, targets: dict[str, Any],
               channels_last: bool = False, bf16: bool = False) -> Callable[[], float]:
     model.train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    if channels_last:  # as `edh train` runs it with ``channels_last: true``
+        model = to_channels_last_for_training(model)
     head = model.heads[HEAD]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 

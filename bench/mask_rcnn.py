@@ -14,7 +14,9 @@ normalises them inside its model, edh's timed step normalises them too.
   detections, masks pasted into the image), ``torch.inference_mode``; edh as built, and through
   `edh.utils.perf.prepare_for_inference` (channels_last + BatchNorm folded), and that with bf16 autocast.
 - train step: forward with 3 boxes (and their instance masks) per image, the five losses, backward,
-  SGD step (lr 0.01, momentum 0.9); edh contiguous, channels_last, and bf16 autocast (a separate row).
+  SGD step (lr 0.01, momentum 0.9); edh contiguous, channels_last as ``edh train`` runs it (each conv's
+  weight gradient in the memory format measured faster here: `edh.layers.conv_grad`), the same with
+  every weight gradient in channels_last (``$EDH_CONV_WEIGHT_GRAD``, the A/B), and bf16 autocast.
 
 Before timing, edh's detections and masks are checked against torchvision's (identical lists, box
 difference, share of mask pixels that agree after the 0.5 threshold). Contenders run round-robin
@@ -29,7 +31,7 @@ from typing import Any, Callable
 import torch
 import torchvision
 from common import (Contender, add_bf16_rows_option, apply_threads, base_parser, bf16_rows, environment, format_ratio,
-                    measure, print_table, ratio, seed_everything, summarize, write_json)
+                    measure, print_table, ratio, seed_everything, summarize, with_environment, write_json)
 from detection import (BATCH, COLUMNS, check_same_detections, edh_eval, edh_train, targets_for, torchvision_detector,
                        torchvision_eval)
 
@@ -38,6 +40,7 @@ from edh.compat.torchvision_detection import load_maskrcnn_weights, maskrcnn_res
 from edh.utils.perf import prepare_for_inference
 
 TORCHVISION = "maskrcnn_resnet50_fpn"
+PINNED = "edh mask_rcnn channels_last, every weight grad in channels_last"
 
 
 def edh_maskrcnn(reference: torch.nn.Module) -> torch.nn.Module:
@@ -129,6 +132,9 @@ def maskrcnn_groups(size: int, repeats: int, calls: int, bf16: bool = True
         Contender("edh mask_rcnn channels_last",
                   edh_train(edh_maskrcnn(torchvision_detector(TORCHVISION, size)), images, targets,
                             channels_last=True), BATCH, {"kind": "edh"}),
+        Contender(PINNED, with_environment(edh_train(edh_maskrcnn(torchvision_detector(TORCHVISION, size)), images,
+                                                     targets, channels_last=True), "EDH_CONV_WEIGHT_GRAD",
+                                           "channels_last"), BATCH, {"kind": "edh", "pinned": True}),
     ] + ([Contender("edh mask_rcnn bf16 autocast",
                     edh_train(edh_maskrcnn(torchvision_detector(TORCHVISION, size)), images, targets, bf16=True),
                     BATCH, {"kind": "edh bf16", "dtype": "bf16 autocast"})] if bf16 else [])
@@ -144,12 +150,15 @@ def maskrcnn_ratios(eval_rows: list[dict], train_rows: list[dict]) -> list[dict[
     rate = {r["name"]: r["items_per_s"] for r in eval_rows}
     train = {r["name"]: r["ms_per_step"] for r in train_rows}
     tv, fast = f"torchvision {TORCHVISION}", "edh mask_rcnn prepared (CL + BN folded)"
-    best_train_name = min((n for n in train if n.startswith("edh") and "bf16" not in n), key=train.get)
+    best_train_name = min((n for n in train if n.startswith("edh") and "bf16" not in n and n != PINNED),
+                          key=train.get)
     found = [
         ratio("edh prepared / torchvision, eval forward (2 images)", rate[fast] / rate[tv], 1.3),
         ratio(f"edh ({best_train_name.removeprefix('edh mask_rcnn ')}) / torchvision, train step",
               train[tv] / train[best_train_name], 1.3),
         ratio("edh eager (as built) / torchvision, eval forward", rate["edh mask_rcnn eager (as built)"] / rate[tv]),
+        ratio("measured conv weight-grad format / all in channels_last, train step",
+              train[PINNED] / train["edh mask_rcnn channels_last"]),
     ]
     if "edh mask_rcnn bf16 autocast" in train:
         found += [ratio("edh prepared + bf16 / torchvision, eval forward",

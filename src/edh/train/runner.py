@@ -259,9 +259,9 @@ def _train(spec: RunSpec, saved: RunSpec | None, run_dir: Path, resume: bool, in
         for line in transfer_weights(init_from, model):
             log.info("finetune: %s", line)
     if spec.train.channels_last:
-        import torch
+        from edh.layers.conv_grad import to_channels_last_for_training
 
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last_for_training(model)
     if spec.train.compile:
         compile_forward(model)
     task = EdhTask(model, spec.train)
